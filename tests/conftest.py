@@ -1,0 +1,18 @@
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="需要 CUDA GPU（CI 上没有）")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tmp_data_dir(tmp_path, monkeypatch):
+    """把课程的数据目录指到临时文件夹，测试不碰仓库里的缓存。"""
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    return tmp_path

@@ -1,0 +1,65 @@
+"""仓库层面的一致性：依赖清单同步、README 的两条命令、notebook 的 Colab 格子与规范。"""
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
+
+
+def _pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_environment_yml_matches_pyproject():
+    project = _pyproject()["project"]
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["test"])
+    lines = (ROOT / "environment.yml").read_text(encoding="utf-8").splitlines()
+    pip_items = {l.strip()[2:].strip() for l in lines if re.match(r"^\s{6}- ", l)}
+    pip_items.discard("-e .")
+    assert pip_items == wanted, f"只在一边的依赖：{sorted(pip_items ^ wanted)}"
+
+
+def test_readme_has_exactly_two_commands():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = {tag: re.search(rf"<!-- ci:{tag} -->\n```bash\n(.+?)\n```\n<!-- /ci:{tag} -->", text, re.S)
+              for tag in ("install", "test")}
+    assert all(blocks.values()), "README 里应有 ci:install 和 ci:test 两个命令块"
+    assert "\n" not in blocks["install"].group(1) and "\n" not in blocks["test"].group(1)
+    assert blocks["test"].group(1).strip() == "pytest"
+
+
+def _notebooks():
+    return sorted((ROOT / "notebooks").rglob("*.ipynb"))
+
+
+def _run_script():
+    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.name)
+def test_notebook_hygiene_and_colab_cells(path):
+    nb = nbformat.read(path, as_version=4)
+    expected = _run_script().colab_cells(path)
+    assert [c.source for c in nb.cells[:2]] == [c.source for c in expected], \
+        "Colab 徽章/安装格子过期：请运行 python scripts/run_notebooks.py 重新生成"
+    assert "widgets" not in nb.metadata
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert any(c.outputs for c in code), "notebook 必须带着真实运行的输出提交"
+    for c in code:
+        if c.outputs:
+            assert c.execution_count is not None
+        assert all(o.output_type != "error" for o in c.outputs)
+    if "solutions" not in path.parts:
+        text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        for heading in ("学习目标", "预计用时", "前置章节", "## 小结", "## 练习"):
+            assert heading in text, f"{path.name} 缺少「{heading}」"
+        assert any("NBVAL_CHECK_OUTPUT" in c.source for c in code)
