@@ -19,7 +19,8 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 def _model_types() -> dict:
     from .gpt import GPT, GPTConfig
-    return {"gpt": (GPT, GPTConfig)}
+    from .llama import Llama, LlamaConfig
+    return {"gpt": (GPT, GPTConfig), "llama": (Llama, LlamaConfig)}
 
 
 def save_model(model: torch.nn.Module, folder: str | Path, extra: dict | None = None) -> Path:
@@ -45,6 +46,9 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> torch.
     if not (folder / CONFIG).exists() or not (folder / WEIGHTS).exists():
         raise FileNotFoundError(f"{folder} 里没有 {CONFIG} 和 {WEIGHTS}，不是 course_lib 保存的模型文件夹。")
     meta = json.loads(read_text_utf8(folder / CONFIG))
+    if "config" not in meta:
+        raise ValueError(f"{folder} 看起来是 Hugging Face 格式的模型文件夹（config.json 里没有 course_lib 的 \"config\" 字段）。"
+                         "请用 course_lib.hf.import_hf(folder) 加载。")
     types = _model_types()
     if meta.get("model_type") not in types:
         raise ValueError(f"{folder / CONFIG} 的 model_type={meta.get('model_type')!r} 不认识；支持：{', '.join(types)}。")

@@ -4,21 +4,28 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """把 data 原子地写到 path：写同目录下的临时文件、fsync，再 os.replace。"""
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike):
+    """以二进制写方式打开 path 的「替身」：with 块正常结束才 fsync 并 os.replace 成 path；
+    块里出了任何异常，临时文件删掉，旧的 path 原样保留。适合边算边写的大文件。"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp 建的是 0600；改成普通文件该有的权限
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -26,7 +33,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """把 data 原子地写到 path：写同目录下的临时文件、fsync，再 os.replace。"""
+    with atomic_open(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
