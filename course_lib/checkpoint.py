@@ -23,19 +23,47 @@ def _model_types() -> dict:
     return {"gpt": (GPT, GPTConfig), "llama": (Llama, LlamaConfig)}
 
 
+def model_kind(model: torch.nn.Module) -> str | None:
+    """save_model 认识的模型类型（"gpt"、"llama"）；不认识时返回 None。"""
+    return next((k for k, (cls, _) in _model_types().items() if isinstance(model, cls)), None)
+
+
+def _unique_names(state: dict) -> list[str]:
+    """state_dict 里不重复的张量名：与前面某个张量共享存储的（如与 wte 绑定的 lm_head）跳过。"""
+    names, seen = [], set()
+    for name, t in state.items():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            names.append(name)
+    return names
+
+
+def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """可以直接交给 safetensors 的 state_dict：共享的权重只留一份，张量搬到 CPU 并连续存储。"""
+    state = model.state_dict()
+    return {name: state[name].detach().cpu().contiguous() for name in _unique_names(state)}
+
+
+def load_unique_state_dict(model: torch.nn.Module, tensors: dict, source: str = "权重文件") -> None:
+    """把 unique_state_dict 存下的张量载入 model；被去重的共享权重随原件一起恢复。名字对不上时给出中文错误。"""
+    expected = set(_unique_names(model.state_dict()))
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{source} 与模型结构不符：缺少 {missing[:5]}，多出 {unexpected[:5]}。"
+                         "是不是把别的模型的权重放进了这个文件夹？")
+    try:
+        model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # 名字对上了，形状对不上
+        raise ValueError(f"{source} 与模型结构不符（{str(e).splitlines()[-1].strip()}）。请用同样的模型配置加载。") from None
+
+
 def save_model(model: torch.nn.Module, folder: str | Path, extra: dict | None = None) -> Path:
     """保存模型。共享的权重（weight tying）只存一份，加载时自动重新绑定。"""
     folder = Path(folder)
-    kind = next((k for k, (cls, _) in _model_types().items() if isinstance(model, cls)), None)
+    kind = model_kind(model)
     if kind is None:
         raise TypeError(f"save_model 不认识 {type(model).__name__}；支持：{', '.join(_model_types())}。")
-    tensors, seen = {}, set()
-    for name, t in model.state_dict().items():
-        if t.data_ptr() in seen:  # 与前面某个张量共享存储（如 lm_head 与 wte）
-            continue
-        seen.add(t.data_ptr())
-        tensors[name] = t.detach().cpu().contiguous()
-    atomic_write_bytes(folder / WEIGHTS, st_save(tensors))
+    atomic_write_bytes(folder / WEIGHTS, st_save(unique_state_dict(model)))
     atomic_write_json(folder / CONFIG, {"model_type": kind, "config": model.config.to_dict(), **(extra or {})})
     return folder
 

@@ -1,5 +1,11 @@
+import os
+
 import pytest
 import torch
+
+# 测试（包括 nbval 执行的 notebook）默认用 tiny profile：结果与提交的输出可比，GPU 机器上也不会跑成 small。
+# 想在 GPU 上用别的档位测试：COURSE_PROFILE=small pytest
+os.environ.setdefault("COURSE_PROFILE", "tiny")
 
 
 def pytest_collection_modifyitems(config, items):
