@@ -102,6 +102,9 @@ def generate_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
         idx = idx.unsqueeze(0)
     if idx.size(1) == 0:
         raise ValueError("提示（prompt）是空的：至少给一个 token 作为开头。")
+    param = next(model.parameters(), None)
+    if param is not None:
+        idx = idx.to(param.device)  # 提示放到模型所在的设备上（GPU 上训练的模型也能直接用 CPU 张量做提示）
     generator = make_generator(seed)
     was_training = model.training
     model.eval()

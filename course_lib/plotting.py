@@ -68,7 +68,7 @@ def plot_losses(history, ax=None, title: str = "损失曲线", baselines: dict |
         if any(v == v for v in h["val_loss"]):
             ax.plot(h["eval_step"], h["val_loss"], "s-", color="tab:orange", ms=3, label="验证集")
     for i, (label, value) in enumerate((baselines or {}).items()):
-        ax.axhline(value, ls="--", lw=1, color=f"C{i + 2}", label=f"{label}（{value:.2f}）")
+        ax.axhline(value, ls="--", lw=1, color=f"C{i + 2}", label=f"{label} = {value:.2f}")
     ax.set_xlabel("训练步数")
     ax.set_ylabel("交叉熵损失（nats）")
     ax.set_title(title)

@@ -1,12 +1,11 @@
 """仓库层面的一致性：依赖清单同步、README 的两条命令、notebook 的 Colab 格子与规范。"""
-import importlib.util
-import json
 import re
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+
+from course_lib.nbrun import colab_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
@@ -38,19 +37,12 @@ def _notebooks():
     return sorted((ROOT / "notebooks").rglob("*.ipynb"))
 
 
-def _run_script():
-    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.name)
 def test_notebook_hygiene_and_colab_cells(path):
     nb = nbformat.read(path, as_version=4)
-    expected = _run_script().colab_cells(path)
+    expected = colab_cells(path)
     assert [c.source for c in nb.cells[:2]] == [c.source for c in expected], \
-        "Colab 徽章/安装格子过期：请运行 python scripts/run_notebooks.py 重新生成"
+        "Colab 徽章/安装格子过期：请运行 python -m course_lib.nbrun 重新生成"
     assert "widgets" not in nb.metadata
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert any(c.outputs for c in code), "notebook 必须带着真实运行的输出提交"

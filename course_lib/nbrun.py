@@ -1,9 +1,9 @@
 """原地重新执行课程 notebook（tiny profile），把真实输出写回文件，并记录每章用时。
 
-用法（在仓库根目录）：
-    python scripts/run_notebooks.py                 # 全部章节 + 参考答案
-    python scripts/run_notebooks.py notebooks/03_gpt.ipynb
-    python scripts/run_notebooks.py --update-readme # 顺便把实测用时写进 README 的表格
+用法（在仓库根目录；需要 pip install -e ".[test]" 装好的 nbclient）：
+    python -m course_lib.nbrun                          # 全部章节 + 参考答案
+    python -m course_lib.nbrun notebooks/03_gpt.ipynb
+    python -m course_lib.nbrun --update-readme          # 顺便把实测用时写进 README 的表格
 
 它还会统一每个 notebook 开头的 Colab 徽章和安装格子：仓库地址只写在 pyproject.toml 的
 [project.urls] 里，这里读出来生成，所以九本 notebook 不用手工粘贴。
@@ -15,18 +15,19 @@ import json
 import os
 import platform
 import re
-import sys
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from course_lib.files import atomic_write_json, atomic_write_text  # noqa: E402
+from .files import atomic_write_json, atomic_write_text
+from .paths import repo_root
+
+ROOT = repo_root() or Path.cwd()
 
 TIMINGS = ROOT / "docs" / "notebook_timings.json"
+MEASURED_ROW = re.compile(r"(\| tiny（2 核 CPU） \| 约 )\d+( 秒（实测）)")
 
 
 def repo_url() -> str:
@@ -80,6 +81,9 @@ def execute(nb_path: Path, timeout: int) -> float:
     t0 = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - t0
+    for cell in nb.cells:  # 「预计用时」表里 tiny 那一行写上这次实测的时间
+        if cell.cell_type == "markdown":
+            cell.source = MEASURED_ROW.sub(lambda m: f"{m.group(1)}{seconds:.0f}{m.group(2)}", cell.source)
     atomic_write_text(nb_path, nbformat.writes(clean(nb)) + "\n")
     return seconds
 
@@ -101,7 +105,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="*", type=Path)
     ap.add_argument("--profile", default="tiny")
-    ap.add_argument("--timeout", type=int, default=900, help="每个格子的超时秒数")
+    ap.add_argument("--timeout", type=int, default=1800, help="每个格子的超时秒数")
     ap.add_argument("--update-readme", action="store_true")
     args = ap.parse_args()
     os.environ["COURSE_PROFILE"] = args.profile
