@@ -57,13 +57,20 @@ def load_unique_state_dict(model: torch.nn.Module, tensors: dict, source: str = 
         raise ValueError(f"{source} 与模型结构不符（{str(e).splitlines()[-1].strip()}）。请用同样的模型配置加载。") from None
 
 
-def save_model(model: torch.nn.Module, folder: str | Path, extra: dict | None = None) -> Path:
-    """保存模型。共享的权重（weight tying）只存一份，加载时自动重新绑定。"""
+def save_model(model: torch.nn.Module, folder: str | Path, extra: dict | None = None,
+               dtype: torch.dtype | None = None) -> Path:
+    """保存模型。共享的权重（weight tying）只存一份，加载时自动重新绑定。
+
+    dtype=torch.float16 / torch.bfloat16 时把浮点权重转成半精度再存（文件小一半）；load_model 读回 float32。
+    """
     folder = Path(folder)
     kind = model_kind(model)
     if kind is None:
         raise TypeError(f"save_model 不认识 {type(model).__name__}；支持：{', '.join(_model_types())}。")
-    atomic_write_bytes(folder / WEIGHTS, st_save(unique_state_dict(model)))
+    tensors = unique_state_dict(model)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    atomic_write_bytes(folder / WEIGHTS, st_save(tensors))
     atomic_write_json(folder / CONFIG, {"model_type": kind, "config": model.config.to_dict(), **(extra or {})})
     return folder
 

@@ -269,6 +269,35 @@ def _barrier() -> None:
 
 
 # ---------------------------------------------------------------- 训练记录
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, data, block_size: int, batch_size: int = 16,
+                  device: torch.device | str | None = None, max_windows: int | None = None) -> float:
+    """整份数据上的平均交叉熵（nats/token）：按不重叠的窗口从头切到尾，没有随机性，每次结果相同。
+
+    与 Trainer.estimate_loss（随机抽若干批，训练中快速估计）不同，这是报告最终数字用的。
+    data 可以是张量或 .bin 的 memmap；max_windows 限制最多评估多少个窗口（None = 全部）。
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    n_windows = (len(data) - 1) // block_size
+    if max_windows is not None:
+        n_windows = min(n_windows, max_windows)
+    if n_windows <= 0:
+        raise ValueError(f"数据只有 {len(data)} 个 token，不够一个长为 {block_size} 的窗口。")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, n_windows, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n_windows))[:, None] * block_size + torch.arange(block_size + 1)
+        chunk = torch.from_numpy(np.asarray(data[idx.numpy()], dtype=np.int64)) if isinstance(data, np.ndarray) \
+            else data[idx].long()
+        chunk = chunk.to(device)
+        _, loss = model(chunk[:, :-1], chunk[:, 1:])
+        total += loss.item() * chunk.shape[0]
+        count += chunk.shape[0]
+    model.train(was_training)
+    return total / count
+
+
 @dataclass
 class History:
     """训练记录：每步的损失，以及每次评估时的 train/val 损失。"""
@@ -686,6 +715,71 @@ def _append_jsonl(path: Path, record: dict) -> None:
     atomic_write_text(path, old + json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def pretrain(p: dict, out: str | os.PathLike, profile: str = "custom", overrides: dict | None = None,
+             title: str = "第 05 章预训练") -> Path | None:
+    """按配置 p（CHAPTERS['05_pretraining'] 那样的 dict）预训练一个 Llama，输出写到 out（见 main 的说明）。
+
+    在 torchrun 下每个进程都调用它；返回 out/"model"（rank 0），其他进程返回 None。
+    p 里可以多给 tie_weights（默认 False）。目录里已有检查点时自动续训；已经训完则直接返回。
+    """
+    out = Path(out)
+    overrides = overrides or {}
+    device = setup_distributed()
+    rank, _, world_size = dist_info()
+    say = print if rank == 0 else (lambda *args, **kwargs: None)
+    say(f"{title}：profile={profile}，输出目录 {out}，设备 {device}，进程数 {world_size}")
+    try:
+        # 分词器和 token 文件只由 rank 0 准备，其他进程等它做完再读取
+        if rank == 0:
+            tok = _load_or_train_tokenizer(out / "tokenizer", p["corpus"], p["vocab_size"], p["tokenizer_chars"], say)
+            paths = prepare_pretraining_data(tok, corpus=p["corpus"])
+        _barrier()
+        if rank != 0:  # rank 0 已经写好：这里只是读取、校验后复用
+            tok = BPETokenizer.load(out / "tokenizer")
+            paths = prepare_pretraining_data(tok, corpus=p["corpus"], progress=False)
+        train, val = (load_token_bin(paths[s], tok, verify=False) for s in ("train", "val"))
+        say(f"数据：train {len(train):,} 个 token，val {len(val):,} 个 token（{paths['train'].parent}）")
+
+        torch.manual_seed(p["seed"])
+        model = Llama(LlamaConfig(vocab_size=tok.vocab_size, max_seq_len=p["block_size"], dim=p["dim"],
+                                  n_layers=p["n_layers"], n_heads=p["n_heads"], n_kv_heads=p["n_kv_heads"],
+                                  tie_weights=p.get("tie_weights", False)))
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        cfg = TrainConfig(**{k: v for k, v in p.items() if k in fields}, checkpoint_dir=str(out / "checkpoints"),
+                          resume="auto")
+        global_batch = cfg.batch_size * cfg.grad_accum_steps * world_size
+        say(f"模型：Llama，{model.num_params() / 1e6:.2f} M 参数；每步 {global_batch} 条 × {cfg.block_size} token"
+            f"（每进程 {cfg.batch_size} × 累积 {cfg.grad_accum_steps} × {world_size} 个进程）")
+        try:
+            trainer = Trainer(model, train, val, cfg)
+        except TrainingFinishedError as e:
+            say(str(e))
+            if rank == 0 and not (out / "model" / WEIGHTS).exists():  # 训完了但最终模型没来得及保存
+                save_model(load_model(latest_checkpoint(out / "checkpoints")), out / "model")
+                tok.save(out / "model")
+            return out / "model" if rank == 0 else None
+        start_step = trainer.step
+        if start_step == 0:
+            say(f"从头开始训练，共 {cfg.max_steps} 步。")
+        history = trainer.fit()
+        if rank == 0:
+            save_model(model, out / "model", extra={"profile": profile, "step": trainer.step})
+            tok.save(out / "model")
+            atomic_write_json(out / "history.json", history.as_dict())
+            _append_jsonl(out / "train_log.jsonl", {
+                "time": time.strftime("%Y-%m-%d %H:%M:%S"), "profile": profile, "overrides": overrides,
+                "start_step": start_step, "end_step": trainer.step, "world_size": world_size, "device": str(device),
+                "seconds": round(history.seconds, 2), "tokens_per_sec": round(history.tokens_per_sec, 1),
+                "mfu": history.mfu, "train_loss": history.train_loss[-1] if history.train_loss else None,
+                "val_loss": history.val_loss[-1] if history.val_loss else None})
+            _save_loss_plot(history, out / "loss.png", f"{title}（{profile}）")
+            speed = f"{history.tokens_per_sec:,.0f} token/秒" + (f"，MFU {history.mfu:.1%}" if history.mfu else "")
+            say(f"训练完成：第 {trainer.step} 步，{speed}。模型和分词器保存在 {out / 'model'}，损失历史在 {out / 'history.json'}。")
+        return out / "model" if rank == 0 else None
+    finally:
+        cleanup_distributed()
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m course_lib.train --profile tiny --out 目录 [--键 值 ...]
 
@@ -705,72 +799,21 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as e:
         print(f"错误：{e.args[0] if e.args else e}", file=sys.stderr)
         return 2
-    out = Path(out)
-    device = setup_distributed()
-    rank, _, world_size = dist_info()
-    say = print if rank == 0 else (lambda *args, **kwargs: None)
-    say(f"第 05 章预训练：profile={profile}，输出目录 {out}，设备 {device}，进程数 {world_size}")
     try:
-        # 分词器和 token 文件只由 rank 0 准备，其他进程等它做完再读取
-        if rank == 0:
-            tok = _load_or_train_tokenizer(out / "tokenizer", p["corpus"], p["vocab_size"], p["tokenizer_chars"], say)
-            paths = prepare_pretraining_data(tok, corpus=p["corpus"])
-        _barrier()
-        if rank != 0:  # rank 0 已经写好：这里只是读取、校验后复用
-            tok = BPETokenizer.load(out / "tokenizer")
-            paths = prepare_pretraining_data(tok, corpus=p["corpus"], progress=False)
-        train, val = (load_token_bin(paths[s], tok, verify=False) for s in ("train", "val"))
-        say(f"数据：train {len(train):,} 个 token，val {len(val):,} 个 token（{paths['train'].parent}）")
-
-        torch.manual_seed(p["seed"])
-        model = Llama(LlamaConfig(vocab_size=tok.vocab_size, max_seq_len=p["block_size"], dim=p["dim"],
-                                  n_layers=p["n_layers"], n_heads=p["n_heads"], n_kv_heads=p["n_kv_heads"]))
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        cfg = TrainConfig(**{k: v for k, v in p.items() if k in fields}, checkpoint_dir=str(out / "checkpoints"),
-                          resume="auto")
-        global_batch = cfg.batch_size * cfg.grad_accum_steps * world_size
-        say(f"模型：Llama，{model.num_params() / 1e6:.2f} M 参数；每步 {global_batch} 条 × {cfg.block_size} token"
-            f"（每进程 {cfg.batch_size} × 累积 {cfg.grad_accum_steps} × {world_size} 个进程）")
-        try:
-            trainer = Trainer(model, train, val, cfg)
-        except TrainingFinishedError as e:
-            say(str(e))
-            if rank == 0 and not (out / "model" / WEIGHTS).exists():  # 训完了但最终模型没来得及保存
-                save_model(load_model(latest_checkpoint(out / "checkpoints")), out / "model")
-                tok.save(out / "model")
-            return 0
-        start_step = trainer.step
-        if start_step == 0:
-            say(f"从头开始训练，共 {cfg.max_steps} 步。")
-        history = trainer.fit()
-        if rank == 0:
-            save_model(model, out / "model", extra={"profile": profile, "step": trainer.step})
-            tok.save(out / "model")
-            atomic_write_json(out / "history.json", history.as_dict())
-            _append_jsonl(out / "train_log.jsonl", {
-                "time": time.strftime("%Y-%m-%d %H:%M:%S"), "profile": profile, "overrides": overrides,
-                "start_step": start_step, "end_step": trainer.step, "world_size": world_size, "device": str(device),
-                "seconds": round(history.seconds, 2), "tokens_per_sec": round(history.tokens_per_sec, 1),
-                "mfu": history.mfu, "train_loss": history.train_loss[-1] if history.train_loss else None,
-                "val_loss": history.val_loss[-1] if history.val_loss else None})
-            _save_loss_plot(history, out / "loss.png", profile)
-            speed = f"{history.tokens_per_sec:,.0f} token/秒" + (f"，MFU {history.mfu:.1%}" if history.mfu else "")
-            say(f"训练完成：第 {trainer.step} 步，{speed}。模型和分词器保存在 {out / 'model'}，损失历史在 {out / 'history.json'}。")
+        pretrain(p, out, profile=profile, overrides=overrides)
         return 0
     except (ValueError, FileNotFoundError) as e:
         print(f"错误：{e}", file=sys.stderr)
         return 1
-    finally:
-        cleanup_distributed()
 
 
-def _save_loss_plot(history: History, path: Path, profile: str) -> None:
+def _save_loss_plot(history: History, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .plotting import plot_losses
-    ax = plot_losses(history, title=f"第 05 章预训练（{profile}）")
+    ax = plot_losses(history, title=title)
     with atomic_open(path) as f:
         ax.figure.savefig(f, format="png", dpi=120, bbox_inches="tight")
     plt.close(ax.figure)
