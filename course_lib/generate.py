@@ -1,7 +1,8 @@
 """从语言模型采样（sampling）。所有模型（BigramLM、GPT、第 04 章的 Llama）共用这里的函数。
 
-sample_next 的处理顺序与 Hugging Face 相同：重复惩罚 → 温度 → top-k → top-p → 按概率抽一个。
-第 09 章会在这里继续讲这些采样方法对生成质量的影响。
+sample_next 的处理顺序与 Hugging Face 相同：重复惩罚 → 温度 → top-k → top-p → 按概率抽一个
+（process_logits 做前四步，sampling_probs 给出最后抽样用的分布，第 09 章把它画成柱状图）。
+StreamDecoder 把一个个 token 变成流式输出的文字，保证不会把一个多字节的字劈成两半（第 09 章）。
 """
 from __future__ import annotations
 
@@ -54,6 +55,47 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
+def _check_sampling_args(top_p: float | None, repetition_penalty: float) -> None:
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p 必须在 (0, 1] 之间，收到 {top_p}。常用 0.9；不想用 top-p 就传 None 或 1.0。")
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty 必须 > 0，收到 {repetition_penalty}。常用 1.1；1.0 表示不惩罚。")
+
+
+def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, repetition_penalty: float = 1.0,
+                   prev_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """把 logits (B, V) 依次做重复惩罚 → 温度 → top-k → top-p，返回处理后的 logits（被去掉的 token 是 -inf）。
+
+    temperature ≤ 0（贪心）时只做重复惩罚：之后直接取 argmax，温度、top-k、top-p 都不起作用。
+    第 09 章用它（经过 sampling_probs）画出每一步处理后的分布。
+    """
+    _check_sampling_args(top_p, repetition_penalty)
+    if repetition_penalty != 1.0 and prev_ids is not None and prev_ids.numel() > 0:
+        logits = apply_repetition_penalty(logits, prev_ids.to(logits.device), repetition_penalty)
+    if temperature <= 0:
+        return logits
+    logits = logits.float() / temperature
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k 必须 ≥ 1，收到 {top_k}。")
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    return logits
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, repetition_penalty: float = 1.0,
+                   prev_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """sample_next 实际从中抽样的概率分布 (B, V)；贪心（temperature ≤ 0）时是 argmax 处为 1 的独热分布。"""
+    logits = process_logits(logits, temperature, top_k, top_p, repetition_penalty, prev_ids)
+    if temperature <= 0:
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
+    return F.softmax(logits, dim=-1)
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 generator: torch.Generator | None = None, top_p: float | None = None,
                 repetition_penalty: float = 1.0, prev_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -66,26 +108,58 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     - repetition_penalty：> 1 时压低 prev_ids (B, T) 里出现过的 token；1 表示不用。
     - generator：传入 torch.Generator 即可让采样可复现（不影响全局随机状态）。
     """
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p 必须在 (0, 1] 之间，收到 {top_p}。常用 0.9；不想用 top-p 就传 None 或 1.0。")
-    if repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty 必须 > 0，收到 {repetition_penalty}。常用 1.1；1.0 表示不惩罚。")
-    if repetition_penalty != 1.0 and prev_ids is not None and prev_ids.numel() > 0:
-        logits = apply_repetition_penalty(logits, prev_ids.to(logits.device), repetition_penalty)
+    logits = process_logits(logits, temperature, top_k, top_p, repetition_penalty, prev_ids)
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k 必须 ≥ 1，收到 {top_k}。")
-        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
     probs = F.softmax(logits, dim=-1)
     if generator is not None and generator.device != probs.device:
         probs = probs.to(generator.device)
     return torch.multinomial(probs, num_samples=1, generator=generator).to(logits.device)
+
+
+class StreamDecoder:
+    """流式解码（incremental detokenization）：一个一个地收 token id，吐出「已经确定」的新文字。
+
+    难点在字节回退（byte fallback）：一个生僻字或 emoji 被拆成 2–4 个字节 token，只收到前几个字节时，
+    解码出来是替换字符「�」（U+FFFD）。规则很简单：每次把到目前为止的全部 id 一起解码，末尾的「�」先扣住
+    不发，等后面的字节到齐、变成完整的字再一起发出。所以一个字的几个字节 token 总是一起出现，
+    永远不会把一个多字节字符劈成两半。真正无效的字节（模型乱生成的）在后面跟上正常文字后，照样以「�」发出
+    （按替换规则解码，不会报错）；finish() 发出最后扣住的部分。
+
+    decode 可以是任何「id 列表 → 文本」的函数：BPETokenizer.decode、Hugging Face 分词器的 decode 都行。
+    每步都从头解码，代价随回复长度平方增长；回复只有几百个 token，这点开销可以忽略。
+
+    >>> dec = StreamDecoder(tok.decode)
+    >>> pieces = [dec.push(i) for i in ids] + [dec.finish()]
+    >>> "".join(pieces) == tok.decode(ids)
+    True
+    """
+
+    def __init__(self, decode):
+        self.decode = decode
+        self.ids: list[int] = []
+        self.emitted = ""
+
+    def push(self, token_id: int) -> str:
+        """收下一个 token，返回这一步新确定的文字（可能是空字符串：字节还没到齐）。"""
+        self.ids.append(int(token_id))
+        stable = self.decode(self.ids).rstrip("\ufffd")
+        if len(stable) <= len(self.emitted):
+            return ""
+        piece, self.emitted = stable[len(self.emitted):], stable
+        return piece
+
+    def finish(self) -> str:
+        """生成结束：把扣住的结尾（不完整的字节，按替换规则变成「�」）也发出来。"""
+        text = self.decode(self.ids) if self.ids else ""
+        piece = text[len(self.emitted):]
+        self.emitted = text if len(text) > len(self.emitted) else self.emitted
+        return piece
+
+    @property
+    def text(self) -> str:
+        """到目前为止发出的全部文字。"""
+        return self.emitted
 
 
 @torch.no_grad()
