@@ -377,36 +377,39 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int = DEFAULT_GROU
     return model
 
 
-def _bnb_extra_bytes(p: torch.Tensor) -> int:
-    """bitsandbytes 把缩放因子挂在权重张量的属性上，不是参数也不是 buffer：4 比特的 quant_state.absmax
-    （双重量化时再加上第二级的 absmax 和 offset），8 比特的 SCB（每行一个 float32 缩放因子）。"""
+def _bnb_extras(model: nn.Module) -> list[torch.Tensor]:
+    """bitsandbytes 把缩放因子挂在权重张量（或层）的属性上，不是参数也不是 buffer：4 比特的 quant_state.absmax
+    （双重量化时再加上第二级的 absmax 和 offset）；8 比特的 SCB（每行一个 float32 缩放因子）——加载后挂在权重上，
+    第一次前向之后被挪到层的 state.SCB 里。"""
     extra = []
-    state = getattr(p, "quant_state", None)
-    if state is not None:
-        extra.append(state.absmax)
-        if getattr(state, "nested", False):
-            extra += [state.state2.absmax, state.offset]
-    scb = getattr(p, "SCB", None)
-    if torch.is_tensor(scb):
-        extra.append(scb)
-    return sum(t.numel() * t.element_size() for t in extra if torch.is_tensor(t))
+    for t in model.parameters():
+        state = getattr(t, "quant_state", None)
+        if state is not None:
+            extra.append(state.absmax)
+            if getattr(state, "nested", False):
+                extra += [state.state2.absmax, state.offset]
+        extra.append(getattr(t, "SCB", None))
+    for module in model.modules():
+        extra.append(getattr(getattr(module, "state", None), "SCB", None))
+    return [t for t in extra if torch.is_tensor(t)]
 
 
 def weight_memory(model: nn.Module) -> int:
     """模型权重一共占多少字节：参数 + 持久的 buffer（QuantLinear 的整数权重、缩放因子、零点都在这里），
     共享的张量（如 tie_weights 的嵌入）只算一次；RoPE 的 cos/sin 表随时能重算，不算。
 
-    也能用在 bitsandbytes 量化的 transformers 模型上：它的缩放因子挂在权重的属性上（见 _bnb_extra_bytes），
+    也能用在 bitsandbytes 量化的 transformers 模型上：它的缩放因子挂在属性上（见 _bnb_extras），
     这里一并算进去（model.get_memory_footprint() 不算它们，所以比这里小一点）。
     """
     non_persistent = {id(b) for m in model.modules() for n, b in m._buffers.items()
                       if b is not None and n in m._non_persistent_buffers_set}
+    tensors = list(model.parameters()) + [b for b in model.buffers() if id(b) not in non_persistent]
     seen, total = set(), 0
-    for t in list(model.parameters()) + [b for b in model.buffers() if id(b) not in non_persistent]:
+    for t in tensors + _bnb_extras(model):
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
         if key not in seen:
             seen.add(key)
-            total += t.numel() * t.element_size() + _bnb_extra_bytes(t)
+            total += t.numel() * t.element_size()
     return total
 
 

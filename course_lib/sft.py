@@ -78,8 +78,8 @@ def _hash(key: str) -> int:
 
 
 def _with_system(key: str, messages: list[dict]) -> list[dict]:
-    """三分之二的样本带默认系统提示，三分之一不带（按 key 的哈希决定，确定性）：两种用法模型都要会。"""
-    if _hash("system:" + key) % 3 == 2:
+    """一半的样本带默认系统提示，一半不带（按 key 的哈希决定，确定性）：两种用法模型都要会。"""
+    if _hash("system:" + key) % 2 == 1:
         return messages
     return [{"role": "system", "content": DEFAULT_SYSTEM}] + messages
 

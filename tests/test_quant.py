@@ -325,3 +325,30 @@ def test_qlora_gradients_after_eval_on_cpu(tmp_path):
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if "lora_B" in n}
     assert len(grads) == 2 * CFG["n_layers"] and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
+def test_weight_memory_counts_bitsandbytes_scales(tmp_path):
+    """bitsandbytes 的缩放因子不是参数：weight_memory 要把它们算上，并且第一次前向之后（int8 会把 SCB 挪到层的 state 里）不变。"""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from course_lib.hf import export_hf
+    from course_lib.quant import disable_bnb_cpu_repacking
+    model = _model()
+    export_hf(model, tmp_path / "hf")
+    fp32 = weight_memory(model)
+    linear = sum(m.weight.numel() for n, m in model.named_modules() if n.endswith("_proj"))
+    rows = sum(m.weight.shape[0] for n, m in model.named_modules() if n.endswith("_proj"))
+    configs = {
+        "int8": (BitsAndBytesConfig(load_in_8bit=True), fp32 - 3 * linear + 4 * rows),
+        "nf4": (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32),
+                weight_memory(quantize_model(model, "nf4"))),          # 与手写 NF4 字节数相同
+    }
+    for name, (qc, expected) in configs.items():
+        hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", quantization_config=qc, device_map="cpu").eval()
+        disable_bnb_cpu_repacking(hf)
+        before = weight_memory(hf)
+        with torch.no_grad():
+            hf(input_ids=torch.tensor([[1, 2, 3]]))
+        assert before == weight_memory(hf) == expected, name
+        assert before > hf.get_memory_footprint()     # 它不数缩放因子（只多数了 RoPE 表的 128 字节）
