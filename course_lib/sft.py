@@ -658,20 +658,25 @@ def build_sft_model(profile: str | None = None, progress: bool = True, save: boo
 def load_sft_model(device: str = "cpu", rebuild: bool = True):
     """读取第 06 章微调好的模型，返回 (model, tokenizer)（eval 模式）。
 
-    data/runs/sft 里没有、或者它是从另一版基座模型微调出来的（参考模型更新过），rebuild=True 时用
+    data/runs/sft 里没有、它是从另一版基座模型微调出来的（参考模型更新过）、或者训练配置与当前 profile 的
+    chapter_config("06_sft") 不同，rebuild=True 时用
     build_sft_model() 现场重新训练并保存（tiny 档约 1–2 分钟），所以第 07–09 章可以单独运行。
     """
     from .checkpoint import load_model
     from .tokenizer import BPETokenizer
 
+    from .profiles import chapter_config
+
     folder = sft_model_dir()
     fresh = False
     if (folder / "model.safetensors").exists() and (folder / BPETokenizer.META_FILE).exists():
         meta = json.loads(read_text_utf8(folder / "config.json"))
-        fresh = meta.get("base_sha256") == _base_fingerprint()
+        cfg = chapter_config("06_sft")
+        wanted = json.loads(json.dumps({k: cfg[k] for k in TRAIN_KEYS}))  # 与存进 JSON 后的样子比较
+        fresh = meta.get("base_sha256") == _base_fingerprint() and meta.get("sft", {}).get("config") == wanted
     if not fresh:
         if not rebuild:
-            raise FileNotFoundError(f"{folder} 里没有与当前参考模型对应的 SFT 模型。请先运行第 06 章，"
+            raise FileNotFoundError(f"{folder} 里没有与当前参考模型和配置对应的 SFT 模型。请先运行第 06 章，"
                                     "或调用 load_sft_model(rebuild=True) 自动训练一个。")
         print(f"{folder} 里还没有微调好的模型（或基座模型已更新）：按第 06 章的配置现场训练一个……")
         build_sft_model(progress=False)

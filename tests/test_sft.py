@@ -337,8 +337,11 @@ def test_load_sft_model_rebuilds_when_missing(tmp_data_dir, monkeypatch):
     again, _ = sft.load_sft_model(rebuild=False)  # 有了 → 直接读取
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
-    meta = json.loads((sft.sft_model_dir() / "config.json").read_text(encoding="utf-8"))
-    meta["base_sha256"] = "0" * 64                # 基座模型换过了 → 不再算数
-    (sft.sft_model_dir() / "config.json").write_text(json.dumps(meta), encoding="utf-8")
-    with pytest.raises(FileNotFoundError, match="没有与当前参考模型对应"):
-        sft.load_sft_model(rebuild=False)
+    path = sft.sft_model_dir() / "config.json"
+    good = path.read_text(encoding="utf-8")
+    for key, value in (("base_sha256", "0" * 64), ("sft", {"config": {"max_steps": 999}})):
+        meta = json.loads(good)
+        meta[key] = value                          # 基座模型换过了 / 配置变了 → 不再算数
+        path.write_text(json.dumps(meta), encoding="utf-8")
+        with pytest.raises(FileNotFoundError, match="没有与当前参考模型和配置对应"):
+            sft.load_sft_model(rebuild=False)
