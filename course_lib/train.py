@@ -230,8 +230,14 @@ def setup_distributed(device: str | None = None) -> torch.device:
 
 
 def cleanup_distributed() -> None:
-    """训练结束时调用：关闭进程组（没有建立过就什么都不做）。"""
+    """训练结束时调用：关闭进程组（没有建立过就什么都不做）。
+
+    先 barrier() 等所有进程都走到这里再关闭。不等的话，rank 1 可能在 rank 0 还在保存检查点时就
+    拆掉了 gloo 的通信线程，进程以 SIGABRT（"terminate called without an active exception"）退出。
+    """
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
