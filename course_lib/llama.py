@@ -78,7 +78,8 @@ class LlamaConfig:
 
 def llama_hidden_dim(dim: int, multiple_of: int = 32, ffn_dim_multiplier: float | None = None) -> int:
     """Llama 的前馈中间维度：从 4·dim 出发乘 2/3（SwiGLU 有三个矩阵，这样参数量与 4·dim 的两矩阵 MLP 相当），
-    可选再乘 ffn_dim_multiplier，最后向上取整到 multiple_of 的倍数。dim=4096 → 11008（Llama 2 7B）。"""
+    可选再乘 ffn_dim_multiplier，最后向上取整到 multiple_of 的倍数。
+    dim=4096、multiple_of=256 → 11008（Llama 2 7B；默认的 multiple_of=32 会得到 10944）。"""
     hidden = int(2 * (4 * dim) / 3)
     if ffn_dim_multiplier is not None:
         hidden = int(ffn_dim_multiplier * hidden)
