@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -101,6 +102,21 @@ def update_readme(timings: dict) -> None:
     atomic_write_text(readme, new)
 
 
+def record_timing(name: str, seconds: float, profile: str) -> dict:
+    """把一本笔记本的用时合并进 docs/notebook_timings.json，返回合并后的全部记录。
+
+    加文件锁、在锁里重新读一遍再写：两个 nbrun 同时跑不同的笔记本时，谁也不会覆盖掉对方的记录。
+    """
+    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+    with open(TIMINGS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        timings = json.loads(TIMINGS.read_text(encoding="utf-8")) if TIMINGS.exists() else {"notebooks": {}}
+        timings["notebooks"][name] = round(seconds, 1)
+        timings["machine"] = f"{platform.machine()}, {os.cpu_count()} 核 CPU, profile={profile}"
+        atomic_write_json(TIMINGS, timings)
+    return timings
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="*", type=Path)
@@ -111,15 +127,13 @@ def main() -> int:
     os.environ["COURSE_PROFILE"] = args.profile
     os.environ["TQDM_DISABLE"] = "1"  # 进度条是给人看的；写进文件的输出只保留摘要行
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
-    timings = json.loads(TIMINGS.read_text(encoding="utf-8")) if TIMINGS.exists() else {"notebooks": {}}
+    timings = {"notebooks": {}}
     for p in paths:
         p = p.resolve()
         seconds = execute(p, args.timeout)
         name = p.relative_to(ROOT / "notebooks").as_posix()
-        timings["notebooks"][name] = round(seconds, 1)
+        timings = record_timing(name, seconds, args.profile)  # 每跑完一本就记下，中途失败也不丢前面的
         print(f"{name}: {seconds:.1f} 秒", flush=True)
-    timings["machine"] = f"{platform.machine()}, {os.cpu_count()} 核 CPU, profile={args.profile}"
-    atomic_write_json(TIMINGS, timings)
     if args.update_readme:
         update_readme(timings)
     return 0

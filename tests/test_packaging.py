@@ -1,4 +1,5 @@
 """仓库层面的一致性：依赖清单同步、README 的两条命令、notebook 的 Colab 格子与规范。"""
+import json
 import re
 from pathlib import Path
 
@@ -55,3 +56,14 @@ def test_notebook_hygiene_and_colab_cells(path):
         for heading in ("学习目标", "预计用时", "前置章节", "## 小结", "## 练习"):
             assert heading in text, f"{path.name} 缺少「{heading}」"
         assert any("NBVAL_CHECK_OUTPUT" in c.source for c in code)
+
+
+def test_nbrun_record_timing_merges(tmp_path, monkeypatch):
+    """两次记录（比如两个并行的 nbrun）都留在 docs/notebook_timings.json 里，后写的不覆盖先写的。"""
+    from course_lib import nbrun
+    monkeypatch.setattr(nbrun, "TIMINGS", tmp_path / "docs" / "notebook_timings.json")
+    nbrun.record_timing("01_bigram.ipynb", 12.34, "tiny")
+    merged = nbrun.record_timing("02_self_attention.ipynb", 5.0, "tiny")
+    on_disk = json.loads(nbrun.TIMINGS.read_text(encoding="utf-8"))
+    assert on_disk == merged and on_disk["notebooks"] == {"01_bigram.ipynb": 12.3, "02_self_attention.ipynb": 5.0}
+    assert "profile=tiny" in on_disk["machine"]
