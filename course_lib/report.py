@@ -7,9 +7,18 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
+from tqdm.auto import tqdm
 
 from .device import autocast_dtype, get_device
 from .profiles import active_profile
+
+def progress_bar(iterable=None, *, enabled: bool = True, **kwargs):
+    """tqdm 进度条。enabled=False，或环境变量 TQDM_DISABLE=1（course_lib.nbrun 批量执行时设置）时不显示。
+
+    tqdm 自己只在没有显式传 disable= 时才读 TQDM_DISABLE，所以这里替它读一次。
+    """
+    return tqdm(iterable, disable=not enabled or os.environ.get("TQDM_DISABLE") == "1", **kwargs)
+
 
 PACKAGES = ("torch", "numpy", "matplotlib", "sentencepiece", "transformers", "peft", "bitsandbytes")
 

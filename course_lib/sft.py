@@ -32,12 +32,12 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .chat_format import DEFAULT_SYSTEM, IM_START, encode_chat, sanitize, validate_messages
 from .data import load_idioms, load_reviews, split_of
 from .files import read_text_utf8
 from .paths import repo_root, runs_dir
+from .report import progress_bar
 
 IGNORE = -100  # PyTorch 交叉熵默认忽略的标签值（ignore_index）
 
@@ -478,7 +478,7 @@ def train_sft(model, tokenizer, train_examples, val_examples=None, config: dict 
         evaluate(0, [])
     t0, recent, queue = time.perf_counter(), [], []
     lengths = [len(e["input_ids"]) for e in train.items]
-    bar = tqdm(range(cfg.max_steps), desc="SFT", disable=not progress)
+    bar = progress_bar(range(cfg.max_steps), desc="SFT", enabled=progress)
     for step in bar:
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:

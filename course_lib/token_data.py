@@ -16,11 +16,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .data import corpus_documents
 from .files import atomic_open, atomic_write_json, read_text_utf8
 from .paths import runs_dir
+from .report import progress_bar
 
 FORMAT = "course_lib.token_bin"
 FORMAT_VERSION = 1
@@ -48,7 +48,7 @@ def build_token_bin(documents, tokenizer, path: str | os.PathLike, chunk_tokens:
     path = Path(path)
     sha, n_tokens, n_documents, buffer = hashlib.sha256(), 0, 0, []
     with atomic_open(path) as f:
-        for doc in tqdm(documents, desc=f"分词 → {path.name}", unit="篇", disable=not progress):
+        for doc in progress_bar(documents, desc=f"分词 → {path.name}", unit="篇", enabled=progress):
             buffer.extend(tokenizer.encode(doc, eos=True))
             n_documents += 1
             if len(buffer) >= chunk_tokens:

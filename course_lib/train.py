@@ -39,6 +39,7 @@ from .files import atomic_open, atomic_write_bytes, atomic_write_json, atomic_wr
 from .gpt import GPTConfig
 from .llama import Llama, LlamaConfig
 from .profiles import active_profile, chapter_config
+from .report import progress_bar
 from .token_data import load_token_bin, prepare_pretraining_data
 from .tokenizer import BPETokenizer
 
@@ -516,7 +517,7 @@ class Trainer:
         tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps * self.world_size
         t_start, train_seconds, n_steps = time.perf_counter(), 0.0, 0
         window_seconds, window_steps = 0.0, 0  # 两次评估之间的训练时间和步数，用来算这一段的吞吐量
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="训练", disable=not (cfg.progress and self.is_main))
+        bar = progress_bar(total=cfg.max_steps, initial=self.step, desc="训练", enabled=cfg.progress and self.is_main)
         while self.step < end:
             t0 = time.perf_counter()
             loss = self.train_step()

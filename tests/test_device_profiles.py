@@ -40,3 +40,12 @@ def test_device_and_dtype():
     a = torch.rand(3)
     seed_everything(3)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_progress_bar_honours_tqdm_disable(monkeypatch):
+    """nbrun 设 TQDM_DISABLE=1：训练、SFT、分词的进度条都不该写进 notebook 的输出。"""
+    from course_lib.report import progress_bar
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert not progress_bar(range(3)).disable and progress_bar(range(3), enabled=False).disable
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert progress_bar(range(3)).disable
