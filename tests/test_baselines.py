@@ -7,7 +7,7 @@ pytest.importorskip("snownlp")
 
 from course_lib import baselines  # noqa: E402
 from course_lib.baselines import SnowNLPSentiment, snownlp_baseline  # noqa: E402
-from course_lib.data import Review  # noqa: E402
+from course_lib.data import Review, load_reviews  # noqa: E402
 
 POS = ["房间很干净，服务也很好，下次还来。", "质量不错，物流很快，非常满意。", "这本书写得很好，值得一读。",
        "酒店位置好，早餐丰富，推荐。", "性价比高，很满意，好评。", "服务热情周到，环境优美。"]
@@ -81,3 +81,17 @@ def test_baseline_splits_are_disjoint(monkeypatch):
     assert not calls["train"] & calls["test"]
     assert result["n_test"] == len(calls["test"]) > 500 and result["n_train"] > 10 * result["n_test"]
     assert 0.5 <= result["majority_accuracy"] < 0.6
+
+
+def test_parallel_segmentation_matches_sequential(monkeypatch):
+    """并行分词（多进程）的结果与 SnowNLP 自己的 Sentiment.handle 逐条相同，顺序也不变。"""
+    from snownlp.sentiment import Sentiment
+
+    from course_lib.baselines import segment_parallel
+    texts = [r.text for r in load_reviews("test")[:24]]
+    reference = Sentiment()
+    assert segment_parallel(texts, processes=2) == [reference.handle(t) for t in texts]
+    clf = SnowNLPSentiment(cache=False)
+    monkeypatch.setattr(SnowNLPSentiment, "PARALLEL_MIN", 5)
+    clf._prefetch(texts)
+    assert [clf._words_cache[t] for t in texts] == [reference.handle(t) for t in texts]
