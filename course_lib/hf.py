@@ -25,6 +25,9 @@ from safetensors.torch import save as st_save
 
 from .files import atomic_write_bytes, atomic_write_json, read_text_utf8
 from .llama import Llama, LlamaConfig
+from .tokenizer import SPECIAL_TOKENS
+
+EOT_PIECE, PAD_PIECE = SPECIAL_TOKENS[0], SPECIAL_TOKENS[1]  # <|endoftext|>、<|pad|>
 
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 
@@ -91,7 +94,9 @@ def export_hf(model: Llama, folder: str | Path, sp_model_path: str | Path | None
     """把 Llama 写成 Hugging Face 能直接加载的文件夹，返回文件夹路径。所有文件都原子写入。
 
     - sp_model_path：sentencepiece 的 .model 文件（BPE、byte_fallback、normalization_rule_name="identity"）。
-      给了就同时导出分词器；bos_id / eos_id / pad_id 没给时取 sentencepiece 模型里的值。
+      给了就同时导出分词器；bos_id / eos_id / pad_id 没给时取 sentencepiece 模型里的值；
+      .model 里没有登记（课程的 BPE 分词器就是这样，见 tokenizer.py）时按课程的约定：
+      <|endoftext|> 兼作 bos 和 eos，<|pad|> 是 pad。这样导出的 generation_config 里一定有 eos，HF 的 generate() 会停。
     - add_bos：HF 分词器编码时是否在开头加 BOS；None → 有 BOS 就加（和 Llama 2 一样）。
     - chat_template：Jinja 模板字符串，写进分词器（apply_chat_template 会用它）。
     导出后会核对 HF 分词器与 sentencepiece 的分词结果，不一致时报错。
@@ -106,9 +111,10 @@ def export_hf(model: Llama, folder: str | Path, sp_model_path: str | Path | None
         if sp.get_piece_size() > model.config.vocab_size:  # 模型的词表可以更大（有人补齐到 64 的倍数），不能更小
             raise ValueError(f"分词器有 {sp.get_piece_size()} 个 token，模型的 vocab_size 却只有 {model.config.vocab_size}。"
                              "请用训练这个模型时的那个 .model 文件。")
-        bos_id = _sp_id(sp.bos_id()) if bos_id is None else bos_id
-        eos_id = _sp_id(sp.eos_id()) if eos_id is None else eos_id
-        pad_id = _sp_id(sp.pad_id()) if pad_id is None else pad_id
+        given = (bos_id, eos_id, pad_id)
+        in_model = (_sp_id(sp.bos_id()), _sp_id(sp.eos_id()), _sp_id(sp.pad_id()))
+        bos_id, eos_id, pad_id = (g if g is not None else m if m is not None else c
+                                  for g, m, c in zip(given, in_model, _course_special_ids(sp)))
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
         if value is not None and not 0 <= value < model.config.vocab_size:
             raise ValueError(f"{name}={value} 不在词表范围 [0, {model.config.vocab_size}) 里。")
@@ -198,6 +204,15 @@ def _load_sentencepiece(path: str | Path):
     if not path.exists():
         raise FileNotFoundError(f"找不到 sentencepiece 模型 {path}，请检查路径（应该是训练分词器时得到的 .model 文件）。")
     return spm.SentencePieceProcessor(model_file=str(path))
+
+
+def _course_special_ids(sp) -> tuple[int | None, int | None, int | None]:
+    """课程分词器约定的 (bos, eos, pad)：<|endoftext|> 兼作 bos 和 eos，<|pad|> 是 pad；.model 里没有这些片段时是 None。"""
+    def find(piece: str) -> int | None:
+        i = sp.piece_to_id(piece)  # 找不到时 sentencepiece 返回 unk 的 id，所以要再核对一遍
+        return i if 0 <= i < sp.get_piece_size() and sp.id_to_piece(i) == piece else None
+    eos = find(EOT_PIECE)
+    return eos, eos, find(PAD_PIECE)
 
 
 def _sp_id(i: int) -> int | None:

@@ -125,10 +125,12 @@ def _train_sp(path, lines, **options):
     return spm.SentencePieceProcessor(model_file=str(path))
 
 
-@pytest.mark.parametrize("options,ids", [({}, {}),                                   # sentencepiece 的缺省：<s> </s>
-                                         (COURSE_SP, dict(bos_id=1, eos_id=1, pad_id=2))],  # 课程分词器的设置
-                         ids=["sp-defaults", "course-tokenizer"])
-def test_tokenizer_export_round_trip(tmp_path, news_lines, options, ids):
+@pytest.mark.parametrize("options,ids,expect", [
+    ({}, {}, None),                                                      # sentencepiece 的缺省：<s> </s>
+    (COURSE_SP, dict(bos_id=1, eos_id=1, pad_id=2), None),               # 课程分词器的设置，显式给 id
+    (COURSE_SP, {}, dict(bos_id=1, eos_id=1, pad_id=2)),                 # 不给 id：按课程约定找到特殊 token
+], ids=["sp-defaults", "course-tokenizer", "course-tokenizer-default-ids"])
+def test_tokenizer_export_round_trip(tmp_path, news_lines, options, ids, expect):
     train, held_out = news_lines
     sp = _train_sp(tmp_path / "zh.model", train, **options)
     template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
@@ -137,6 +139,7 @@ def test_tokenizer_export_round_trip(tmp_path, news_lines, options, ids):
     assert {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja"} <= \
         {p.name for p in folder.iterdir()}
     tok = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = expect or ids
     bos = ids.get("bos_id", sp.bos_id())
     assert (tok.bos_token_id, len(tok)) == (bos, sp.get_piece_size())
     extra = ["  两个空格  开头和中间 ", "\t制表\n换行"] if options else []  # 课程的设置连空格也一致
@@ -146,6 +149,7 @@ def test_tokenizer_export_round_trip(tmp_path, news_lines, options, ids):
         assert tok.decode(ids_hf, skip_special_tokens=True) == sp.decode(sp.encode(line))
     config = json.loads((folder / "generation_config.json").read_text())
     assert config["bos_token_id"] == bos and config["eos_token_id"] == ids.get("eos_id", sp.eos_id())
+    assert config["pad_token_id"] == ids.get("pad_id", config["eos_token_id"])
     chat = tok.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False)
     assert chat == "<|im_start|>你好<|im_end|>"
 
