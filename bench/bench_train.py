@@ -22,7 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from _report import write_section  # noqa: E402
+
 from course_lib import GPT, GPTConfig, TrainConfig, Trainer, chapter_config  # noqa: E402
 from course_lib.files import atomic_write_json  # noqa: E402
 
@@ -109,7 +111,6 @@ def _sync(device):
 
 def write_markdown(r: dict) -> None:
     """把结果写进 docs/benchmarks.md 里 <!-- bench_train --> 标记之间（数字只来自这次运行）。"""
-    from course_lib.files import atomic_write_text
     s = r["shape"]
     table = "\n".join([
         f"形状：词表 {s['vocab']}、上下文 {s['block']}、{s['layers']} 层、{s['heads']} 头、{s['embd']} 维、批大小 {s['batch']}"
@@ -123,16 +124,7 @@ def write_markdown(r: dict) -> None:
         "",
         f"**比值 course_lib / plain = {r['ratio']:.3f}**（目标 ≥ 1.0：课程库不带来额外开销）。",
     ])
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text(encoding="utf-8")
-    tag = f"bench_train:{r['device'].split(':')[0]}"
-    block = f"<!-- {tag} -->\n{table}\n<!-- /{tag} -->"
-    if f"<!-- {tag} -->" in text:
-        import re
-        text = re.sub(rf"<!-- {tag} -->.*?<!-- /{tag} -->", lambda m: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write_text(path, text)
+    write_section(ROOT / "docs" / "benchmarks.md", f"bench_train:{r['device'].split(':')[0]}", table)
 
 
 def main():
