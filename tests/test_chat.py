@@ -406,7 +406,15 @@ def test_cli_bad_arguments(course_dir, args, match):
 
 def test_cli_ctrl_c_stops_only_the_reply(tok, tmp_path):
     folder = tmp_path / "long"
-    save_model(_llama(tok, max_seq_len=4096), folder)                        # 窗口很长：回复要生成好几秒
+    long_model = _llama(tok, max_seq_len=4096)                                # 窗口很长：回复要生成好几秒
+    with torch.no_grad():  # 让回复不可能自己结束：否则随机模型可能在 Ctrl-C 送到之前就生成了 <|im_end|>（繁忙的机器上会这样）
+        for layer in long_model.layers:                                       # 残差流里只剩词嵌入
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        for w in {id(m.weight): m.weight for m in (long_model.embed_tokens, long_model.lm_head)}.values():
+            w[:, 0] = 5.0                                                     # 第 0 维主导：普通 token 的 logit ≈ +40
+            w[[tok.eos_id, tok.im_end_id], 0] = -5.0                          # 停止 token ≈ −40，采样永远抽不到
+    save_model(long_model, folder)
     tok.save(folder)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "course_lib.chat", "--model", str(folder), "--max_new_tokens", "3000",
