@@ -26,3 +26,15 @@ def tmp_data_dir(tmp_path, monkeypatch):
     """把课程的数据目录指到临时文件夹，测试不碰仓库里的缓存。"""
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def small_bpe(tmp_path_factory):
+    """造一个小 BPE 分词器：新闻验证集的前 n_lines 行 + extra 几行，词表比字节回退要求的下限多 margin 个。"""
+    from course_lib.data import load_corpus
+    from course_lib.tokenizer import BPETokenizer
+
+    def make(extra=(), margin=200, n_lines=400):
+        lines = [line for line in load_corpus("news", "val").splitlines() if line.strip()][:n_lines] + list(extra)
+        return BPETokenizer.train(lines, tmp_path_factory.mktemp("tok"), vocab_size=BPETokenizer.min_vocab_size(lines) + margin)
+    return make

@@ -6,8 +6,6 @@ import pytest
 
 from course_lib.chat_format import (BOS, CHAT_TEMPLATE, DEFAULT_SYSTEM, IM_END, encode_chat, format_chat,
                                     format_human_assistant, sanitize, validate_messages)
-from course_lib.data import load_corpus
-from course_lib.tokenizer import BPETokenizer
 
 SINGLE = [{"role": "user", "content": "你好"}]
 MULTI = [{"role": "system", "content": DEFAULT_SYSTEM},
@@ -19,11 +17,8 @@ MULTI = [{"role": "system", "content": DEFAULT_SYSTEM},
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    lines = [line for line in load_corpus("news", "val").splitlines() if line.strip()][:400]
-    lines += ["你是小雁，一个从零训练的中文小模型，回答简短、礼貌。", "system user assistant"]
-    folder = tmp_path_factory.mktemp("tok")
-    return BPETokenizer.train(lines, folder, vocab_size=BPETokenizer.min_vocab_size(lines) + 200)
+def tok(small_bpe):
+    return small_bpe(["你是小雁，一个从零训练的中文小模型，回答简短、礼貌。", "system user assistant"], margin=200)
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,13 @@
 import pytest
 
 from course_lib.chat_format import sanitize
-from course_lib.data import load_corpus
 from course_lib.exercises import check_06_labels, check_06_sanitize
 from course_lib.sft import IGNORE
-from course_lib.tokenizer import BPETokenizer
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    lines = [line for line in load_corpus("news", "val").splitlines() if line.strip()][:300]
-    lines += ["你是小雁，一个从零训练的中文小模型，回答简短、礼貌。system user assistant"]
-    return BPETokenizer.train(lines, tmp_path_factory.mktemp("tok"), vocab_size=BPETokenizer.min_vocab_size(lines) + 200)
+def tok(small_bpe):
+    return small_bpe(["你是小雁，一个从零训练的中文小模型，回答简短、礼貌。system user assistant"], n_lines=300)
 
 
 def _labels_solution(tok):

@@ -8,11 +8,10 @@ import torch.nn.functional as F
 
 from course_lib import sft
 from course_lib.chat_format import DEFAULT_SYSTEM, IM_END, encode_chat
-from course_lib.data import load_corpus, load_idioms, load_reviews
+from course_lib.data import load_idioms, load_reviews
 from course_lib.llama import Llama, LlamaConfig
 from course_lib.sft import (IGNORE, SFTDataset, build_sft_examples, char_f1, encode_sft_example, evaluate_sft,
                             generate_reply, load_alpaca, load_dialogues, load_sharegpt, score_reply, train_sft)
-from course_lib.tokenizer import BPETokenizer
 
 FIX = Path(__file__).parent / "fixtures"
 CONV = [{"role": "system", "content": DEFAULT_SYSTEM},
@@ -23,10 +22,8 @@ CONV = [{"role": "system", "content": DEFAULT_SYSTEM},
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    lines = [line for line in load_corpus("news", "val").splitlines() if line.strip()][:400]
-    lines += [json.dumps(d["messages"], ensure_ascii=False) for d in load_dialogues()]
-    return BPETokenizer.train(lines, tmp_path_factory.mktemp("tok"), vocab_size=BPETokenizer.min_vocab_size(lines) + 300)
+def tok(small_bpe):
+    return small_bpe([json.dumps(d["messages"], ensure_ascii=False) for d in load_dialogues()], margin=300)
 
 
 def _model(tok, seed=0):
