@@ -131,3 +131,11 @@ def format_human_assistant(messages, add_generation_prompt: bool = False) -> str
         else:
             parts.append(f"<s>Assistant: {m['content']}\n</s>")
     return "".join(parts) + ("<s>Assistant: " if add_generation_prompt else "")
+
+
+def check_trainable(messages) -> None:
+    """训练用的对话：结构合法（见 validate_messages），并且最后一条是助手的回复。"""
+    validate_messages(messages)
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("这段对话缺少助手的回复：训练样本的最后一条消息必须是 assistant（模型要学的就是它）。"
+                         f"现在最后一条是 {messages[-1]['role']}。")

@@ -1,18 +1,22 @@
 """课程唯一的模型保存格式：一个文件夹，里面是 model.safetensors（权重）+ config.json（结构）。
+训练检查点是同样的文件夹，多一个 trainer_state.pt（续训需要的其余一切，见本文件后半部分）。
 
 safetensors 只存张量，加载时不会执行任何代码（不像 pickle），可以放心加载别人给的文件。
 所有文件都原子写入：保存到一半断电，旧文件仍然完好。
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .files import atomic_write_bytes, atomic_write_json, read_text_utf8
+from .files import atomic_open, atomic_write_bytes, atomic_write_json, read_text_utf8
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -99,3 +103,99 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> torch.
         raise ValueError(f"权重与 config.json 描述的结构不符：缺少 {sorted(set(missing) - tied)[:5]}，"
                          f"多出 {sorted(unexpected)[:5]}。是不是把别的模型的权重放进了这个文件夹？")
     return model.to(device)
+
+
+# ---------------------------------------------------------------- 训练检查点（Trainer 用）
+# 一个检查点是 checkpoint_dir/step_XXXXXX 文件夹：上面的 model.safetensors + config.json（可以直接 load_model），
+# 外加 trainer_state.pt（优化器、GradScaler、步数、取批的状态、随机数状态、History、训练设置和模型结构的「指纹」）。
+STATE_FILE = "trainer_state.pt"
+STATE_FORMAT, STATE_VERSION = "course_lib.trainer_state", 2
+
+
+class TrainingFinishedError(ValueError):
+    """要续训的检查点已经训练到 max_steps。"""
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """folder 本身是检查点就返回它；是 checkpoint_dir 就返回其中步数最大的 step_XXXXXX；都没有返回 None。"""
+    folder = Path(folder)
+    if (folder / STATE_FILE).exists():
+        return folder
+    if not folder.is_dir():
+        return None
+    found = [p for p in folder.glob("step_*") if p.name[5:].isdigit() and (p / STATE_FILE).exists()]
+    return max(found, key=lambda p: int(p.name[5:]), default=None)
+
+
+def model_fingerprint(model: torch.nn.Module) -> dict:
+    """模型的「身份」：config（GPT、Llama 有）和每个张量的形状。续训时必须完全一致。"""
+    config = model.config.to_dict() if hasattr(getattr(model, "config", None), "to_dict") else None
+    return {"config": config, "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
+
+
+def describe_diff(old: dict, new: dict) -> str:
+    """两个 dict 里不同的键（最多 6 个），写成「键: 检查点里是 …，现在是 …」。"""
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "；".join(f"{k}: 检查点里是 {old.get(k)!r}，现在是 {new.get(k)!r}" for k in keys[:6])
+
+
+def write_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module, state: dict) -> Path:
+    """把模型权重和训练状态 state 写成 root/step_XXXXXX，返回这个文件夹（只应由 rank 0 调用）。
+
+    先写进临时文件夹，写完再改名，所以 step_XXXXXX 要么完整、要么不存在；新检查点就位后才删掉更早的。
+    state 里会补上 format、version 和权重的 sha256（读取时校验）。
+    """
+    root = Path(root)
+    target = root / f"step_{step:06d}"
+    tmp = root / f".tmp_{target.name}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if model_kind(model) is not None:
+        save_model(model, tmp, extra={"step": step})
+    else:  # 课程以外的模型（例如包了 LoRA 的 transformers 模型）：只存权重（共享的权重同样只存一份）
+        atomic_write_bytes(tmp / WEIGHTS, st_save(unique_state_dict(model)))
+    state = {"format": STATE_FORMAT, "version": STATE_VERSION, "step": step,
+             "weights_sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest(), **state}
+    with atomic_open(tmp / STATE_FILE) as f:  # 最后写：有 trainer_state.pt 的文件夹一定是完整的
+        torch.save(state, f)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    for old in root.iterdir():  # 新的已经就位：删掉更早的检查点和崩溃留下的临时文件夹
+        if old != target and old.is_dir() and (old.name.startswith(".tmp_step_") or
+                                               (old.name.startswith("step_") and old.name[5:].isdigit())):
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def read_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict, dict]:
+    """读取 folder（某个 step_XXXXXX，或 checkpoint_dir 里最新的）：返回 (检查点文件夹, 训练状态, 权重张量)。
+
+    trainer_state.pt 用 weights_only=True 读：只接受张量、数字、字符串、列表、字典，不执行任何代码；
+    权重文件的 sha256 必须与状态里记录的一致。缺失、损坏、格式不对都给出中文错误。
+    """
+    path = latest_checkpoint(folder)
+    if path is None:
+        raise FileNotFoundError(f"{folder} 里没有检查点（找不到 {STATE_FILE}，也没有 step_XXXXXX 文件夹）。"
+                                "请检查路径；想从头训练就不要设置 resume。")
+    try:
+        with open(path / STATE_FILE, "rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} 里没有 {STATE_FILE}，不是 Trainer 保存的检查点文件夹。") from None
+    except Exception as e:
+        if "Weights only load failed" in str(e):
+            raise ValueError(f"{path / STATE_FILE} 里有张量、数字、字符串、列表、字典以外的对象，为了安全不加载"
+                             "（它不是 Trainer.save_checkpoint 写的）。请从 Trainer 保存的检查点续训，或从头训练。") from None
+        raise ValueError(f"{path / STATE_FILE} 损坏或不完整，无法读取（{type(e).__name__}）。"
+                         "请删除这个检查点文件夹，从更早的检查点续训，或从头训练。") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+        raise ValueError(f"{path / STATE_FILE} 不是第 {STATE_VERSION} 版的 Trainer 检查点。请从头训练，或换用保存它的 course_lib 版本。")
+    try:
+        data = (path / WEIGHTS).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"检查点 {path} 缺少权重文件 {WEIGHTS}：文件夹不完整。请从更早的检查点续训，或从头训练。") from None
+    if hashlib.sha256(data).hexdigest() != state["weights_sha256"]:
+        raise ValueError(f"{path / WEIGHTS} 的 sha256 与 {STATE_FILE} 里记录的不一致：权重文件损坏、被截断或被替换了。"
+                         "请删除这个检查点文件夹，从更早的检查点续训，或从头训练。")
+    return path, state, st_load(data)

@@ -1,4 +1,4 @@
-"""设备与可复现性：选设备、设随机种子、决定混合精度的数据类型。
+"""设备与可复现性：选设备、设随机种子、决定混合精度的数据类型；评估时临时切到 eval 模式（eval_mode）。
 
 整个课程只有这一个设备助手，所有章节和 Trainer 都用它。
 """
@@ -73,3 +73,17 @@ def autocast(device: torch.device | str):
 def needs_grad_scaler(device: torch.device | str) -> bool:
     """只有 fp16 需要 GradScaler（bf16 的指数范围和 fp32 一样，不会下溢）。"""
     return autocast_dtype(device) == torch.float16
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """with eval_mode(model): 里模型处于 eval 模式（dropout 关闭），出来后恢复原来的 train / eval 模式。
+
+    评估和生成都要这样做：训练到一半评估一次，评估完必须回到训练模式，否则之后的训练悄悄地没有 dropout。
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -1,13 +1,64 @@
-"""从语言模型采样（sampling）。所有模型（BigramLM、GPT、第 04 章的 Llama）共用这里的函数。
+"""从语言模型生成文字：采样设置（Sampling）、每一步怎么选下一个 token（sample_next），以及课程唯一的解码循环（decode）。
 
 sample_next 的处理顺序与 Hugging Face 相同：重复惩罚 → 温度 → top-k → top-p → 按概率抽一个
 （process_logits 做前四步，sampling_probs 给出最后抽样用的分布，第 09 章把它画成柱状图）。
+
+decode 是所有模型共用的生成循环：BigramLM、GPT、Llama（带 KV 缓存）、量化后的模型、transformers 的模型
+（经 course_lib.hf_adapter.HFCausalLM）、第 06 章的评测和第 09 章的 ChatSession 都走它。规则只有几条：
+1. 预填充（prefill）：提示只保留最后 window 个 token（模型的上下文窗口），一次算完；
+2. 之后每步只送入 1 个新 token（模型有 new_cache() 时用 KV 缓存；没有时对最后 window 个 token 整段重算）；
+   缓存写满了窗口以后，同样改为整段重算——结果与不用缓存完全一致；
+3. 采样看到的「历史」（重复惩罚用）是完整的提示 + 已生成的 token；生成到 stop_ids 里的 token 就停。
 StreamDecoder 把一个个 token 变成流式输出的文字，保证不会把一个多字节的字劈成两半（第 09 章）。
 """
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from .device import eval_mode
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and not (isinstance(x, float) and math.isnan(x))
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """采样设置，所有参数都在这里检查一次（不合法时给出中文错误）。
+
+    - temperature ≤ 0 表示贪心（greedy）：每步取分数最大的 token，结果确定，top_k、top_p 不起作用；
+      < 1 让分布更尖，> 1 更平。
+    - top_k：只在概率最大的 k 个 token 里采样（None = 不用）。
+    - top_p：只在累计概率达到 top_p 的最小 token 集合里采样，必须在 (0, 1] 之间（None 或 1 = 不用）。
+    - repetition_penalty：> 1 时压低已经出现过的 token；1 = 不用。
+    """
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self):
+        if not _is_number(self.temperature):
+            raise ValueError(f"temperature 必须是数字，收到 {self.temperature!r}。常用 0.7；≤ 0 表示贪心（每步取概率最大的 token）。")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1):
+            raise ValueError(f"top_k 必须是 ≥ 1 的整数（或 None 表示不用），收到 {self.top_k!r}。常用 50。")
+        if self.top_p is not None and not (_is_number(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p 必须在 (0, 1] 之间，收到 {self.top_p!r}。常用 0.9；1.0 或 None 表示不用 top-p。")
+        if not (_is_number(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise ValueError(f"repetition_penalty 必须 > 0，收到 {self.repetition_penalty!r}。常用 1.1；1.0 表示不惩罚。")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+GREEDY = Sampling(temperature=0.0)
 
 
 def make_generator(seed: int | None) -> torch.Generator | None:
@@ -55,13 +106,6 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
-def _check_sampling_args(top_p: float | None, repetition_penalty: float) -> None:
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p 必须在 (0, 1] 之间，收到 {top_p}。常用 0.9；不想用 top-p 就传 None 或 1.0。")
-    if repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty 必须 > 0，收到 {repetition_penalty}。常用 1.1；1.0 表示不惩罚。")
-
-
 def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                    top_p: float | None = None, repetition_penalty: float = 1.0,
                    prev_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,15 +114,13 @@ def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | 
     temperature ≤ 0（贪心）时只做重复惩罚：之后直接取 argmax，温度、top-k、top-p 都不起作用。
     第 09 章用它（经过 sampling_probs）画出每一步处理后的分布。
     """
-    _check_sampling_args(top_p, repetition_penalty)
+    Sampling(temperature, top_k, top_p, repetition_penalty)  # 参数检查只在 Sampling 里写一次
     if repetition_penalty != 1.0 and prev_ids is not None and prev_ids.numel() > 0:
         logits = apply_repetition_penalty(logits, prev_ids.to(logits.device), repetition_penalty)
     if temperature <= 0:
         return logits
     logits = logits.float() / temperature
     if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k 必须 ≥ 1，收到 {top_k}。")
         kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None:
@@ -162,32 +204,125 @@ class StreamDecoder:
         return self.emitted
 
 
+def check_max_new_tokens(max_new_tokens) -> None:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens 必须是 ≥ 1 的整数，收到 {max_new_tokens!r}。")
+
+
+def model_window(model) -> int | None:
+    """模型的上下文窗口（最多看多少个 token）：Llama 的 max_seq_len、GPT 的 block_size、
+    transformers 模型的 max_position_embeddings；不知道时返回 None（不截断）。"""
+    cfg = getattr(model, "config", None) or getattr(getattr(model, "hf", None), "config", None)
+    for name in ("max_seq_len", "block_size", "max_position_embeddings"):
+        if isinstance(getattr(cfg, name, None), int):
+            return getattr(cfg, name)
+    return None
+
+
+def _logits(out) -> torch.Tensor:
+    """模型输出 → logits：course_lib 的模型返回 (logits, loss)，transformers 返回带 .logits 的对象。"""
+    if isinstance(out, tuple):
+        return out[0]
+    return getattr(out, "logits", out)
+
+
 @torch.no_grad()
+def decode(model, idx: torch.Tensor, max_new_tokens: int, sampling: Sampling = GREEDY, *, seed: int | None = None,
+           stop_ids=(), window: int | None = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """课程唯一的解码循环：每生成一步 yield 一个 (B, 1) 的张量（这一步每条序列的新 token）。
+
+    - idx：(B, T) 的提示；model(idx) 返回 logits 或 (logits, loss)。
+    - window：上下文窗口，默认 model_window(model)；BigramLM 传 1。
+    - use_cache：模型有 new_cache(batch_size, capacity) 并接受 model(idx, cache=cache) 时用 KV 缓存。
+    - stop_ids：所有序列都生成过其中某个 token 后停止（停止 token 本身也会 yield）。
+    - seed：固定后结果可复现（用独立的 torch.Generator，不影响全局随机状态）。
+    """
+    check_max_new_tokens(max_new_tokens)
+    window = model_window(model) if window is None else window
+    generator = make_generator(seed)
+    param = next(model.parameters(), None)
+    if param is not None:
+        idx = idx.to(param.device)  # 提示放到模型所在的设备上（GPU 上的模型也能直接用 CPU 张量做提示）
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=idx.device) if stop_ids else None
+    finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+    with eval_mode(model):
+        context = idx if window is None else idx[:, -window:]
+        cache = None
+        if use_cache and hasattr(model, "new_cache"):
+            cache = model.new_cache(idx.size(0), capacity=context.size(1) + max_new_tokens)
+            logits = _logits(model(context, cache=cache))
+        else:
+            logits = _logits(model(context))
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits[:, -1, :], sampling.temperature, sampling.top_k, generator, top_p=sampling.top_p,
+                              repetition_penalty=sampling.repetition_penalty, prev_ids=idx)
+            idx = torch.cat([idx, nxt], dim=1)
+            yield nxt
+            if stop is not None:
+                finished |= torch.isin(nxt[:, 0], stop)
+            if step == max_new_tokens - 1 or bool(finished.all()):
+                return
+            if cache is not None and cache.pos < cache.capacity:  # 增量：只送入新 token
+                logits = _logits(model(nxt, cache=cache))
+            else:                                                 # 没有缓存，或窗口写满了：整段重算
+                cache = None
+                logits = _logits(model(idx if window is None else idx[:, -window:]))
+
+
+def stream(model, prompt, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+           seed: int | None = None, *, top_p: float | None = None, repetition_penalty: float = 1.0,
+           stop_ids=None, use_cache: bool = True) -> Iterator[int]:
+    """一条提示的流式生成：每算出一个新 token 就 yield 它的 id（int）。Llama.stream 就是它。
+
+    prompt：list[int]、一维张量或 (1, T) 张量，不能为空。其余参数见 Sampling 和 decode。
+    参数不合法时立刻报错；提示的检查和生成在第一次取值时进行。
+    """
+    sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
+    check_max_new_tokens(max_new_tokens)
+
+    def tokens():
+        ids = torch.tensor([prompt_ids(prompt)], dtype=torch.long)
+        for nxt in decode(model, ids, max_new_tokens, sampling, seed=seed, stop_ids=stop_ids or (), use_cache=use_cache):
+            yield int(nxt)
+    return tokens()
+
+
 def generate_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: int | None = None, seed: int | None = None,
                     block_size: int | None = None, top_p: float | None = None,
                     repetition_penalty: float = 1.0) -> torch.Tensor:
-    """自回归生成：每次把（最后 block_size 个）token 整段送进模型，取最后一个位置的 logits 采样。
+    """一次生成 max_new_tokens 个 token，返回「提示 + 新 token」：idx (B, T) → (B, T + max_new_tokens)。
 
-    model(idx) 要返回 (logits, loss) 或 logits；idx: (B, T) → 返回 (B, T + max_new_tokens)。
-    不用 KV 缓存，最简单也最慢；Llama.generate 用缓存，结果与它一致。
+    BigramLM.generate、GPT.generate 用它。不用 KV 缓存：每步把最后 block_size 个 token 整段送进模型（最简单）；
+    Llama.generate 用缓存，结果与它一致。
     """
     if idx.dim() == 1:
         idx = idx.unsqueeze(0)
     if idx.size(1) == 0:
         raise ValueError("提示（prompt）是空的：至少给一个 token 作为开头。")
+    sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
     param = next(model.parameters(), None)
-    if param is not None:
-        idx = idx.to(param.device)  # 提示放到模型所在的设备上（GPU 上训练的模型也能直接用 CPU 张量做提示）
-    generator = make_generator(seed)
-    was_training = model.training
-    model.eval()
-    for _ in range(max_new_tokens):
-        ctx = idx if block_size is None else idx[:, -block_size:]
-        out = model(ctx)
-        logits = out[0] if isinstance(out, tuple) else out
-        nxt = sample_next(logits[:, -1, :], temperature, top_k, generator, top_p=top_p,
-                          repetition_penalty=repetition_penalty, prev_ids=idx)
-        idx = torch.cat([idx, nxt], dim=1)
-    model.train(was_training)
-    return idx
+    idx = idx.to(param.device) if param is not None else idx
+    new = list(decode(model, idx, max_new_tokens, sampling, seed=seed, window=block_size, use_cache=False))
+    return torch.cat([idx, *new], dim=1)
+
+
+@torch.no_grad()
+def generation_speed(model, prompt: list[int], new_tokens: int = 32, repeats: int = 2) -> float:
+    """贪心生成 new_tokens 个 token 的速度（token/秒；计时包括读入提示的那一次前向），
+    取 repeats 次里最快的一次（机器忙时更稳）。
+
+    model：课程的 Llama（KV 缓存）、course_lib.hf_adapter.HFCausalLM，或 transformers 的因果语言模型（自动包一层）。
+    第 08 章用它比较量化前后的生成速度。
+    """
+    from .hf_adapter import HFCausalLM
+    if new_tokens < 1 or repeats < 1:
+        raise ValueError(f"new_tokens 和 repeats 都必须 ≥ 1，收到 {new_tokens}、{repeats}。")
+    if hasattr(model, "generation_config"):  # transformers 的模型
+        model = HFCausalLM(model)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = sum(1 for _ in stream(model, prompt, new_tokens, temperature=0))
+        best = min(best, (time.perf_counter() - t0) / n)
+    return 1.0 / best

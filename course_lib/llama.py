@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .generate import make_generator, prompt_ids, sample_next
+from .generate import stream
 
 
 @dataclass
@@ -285,47 +285,22 @@ class Llama(nn.Module):
         return logits, loss
 
     # ------------------------------------------------------------ 生成
-    @torch.no_grad()
     def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                seed: int | None = None, *, top_p: float | None = None, repetition_penalty: float = 1.0,
                stop_ids=None, use_cache: bool = True) -> Iterator[int]:
         """流式生成：每算出一个新 token 就 yield 它的 id（int），适合边生成边打印。
 
         - idx：一条提示，list[int]、一维张量或 (1, T) 张量；不能为空。
-        - temperature ≤ 0 表示贪心（greedy）；top_k、top_p、repetition_penalty 的含义见 generate.sample_next。
+        - temperature ≤ 0 表示贪心（greedy）；top_k、top_p、repetition_penalty 的含义见 generate.Sampling。
         - stop_ids：遇到其中任何一个 token 就停（这个 token 也会 yield 出来）。
         - seed：固定后结果可复现（用独立的 torch.Generator，不影响全局随机状态）。
         - 上下文窗口：模型只看最后 max_seq_len 个 token。提示更长时只保留最后 max_seq_len 个；
           生成到窗口满了以后，每步对最后 max_seq_len 个 token 整段重算（不再用缓存，变慢，
           但结果与 use_cache=False 完全一致，和 GPT.generate 的截断规则相同）。
+        循环本身是所有模型共用的 course_lib.generate.decode（预填充 + 每步一个 token 的 KV 缓存）。
         """
-        tokens = prompt_ids(idx)
-        stop_ids = set(stop_ids or ())
-        generator = make_generator(seed)
-        window = self.config.max_seq_len
-        device = self.embed_tokens.weight.device
-        was_training = self.training
-        self.eval()
-        try:
-            context = tokens[-window:]
-            cache = self.new_cache(1, capacity=len(context) + max_new_tokens) if use_cache else None
-            logits, _ = self(torch.tensor([context], device=device), cache=cache)
-            for step in range(max_new_tokens):
-                nxt = sample_next(logits[:, -1, :], temperature, top_k, generator, top_p=top_p,
-                                  repetition_penalty=repetition_penalty,
-                                  prev_ids=torch.tensor([tokens], device=device))
-                token = int(nxt)
-                tokens.append(token)
-                yield token
-                if token in stop_ids or step == max_new_tokens - 1:
-                    return
-                if cache is not None and cache.pos < cache.capacity:  # 增量：只送入新 token
-                    logits, _ = self(torch.tensor([[token]], device=device), cache=cache)
-                else:                                                 # 窗口满了（或不用缓存）：整段重算
-                    cache = None
-                    logits, _ = self(torch.tensor([tokens[-window:]], device=device))
-        finally:
-            self.train(was_training)
+        return stream(self, idx, max_new_tokens, temperature, top_k, seed, top_p=top_p,
+                      repetition_penalty=repetition_penalty, stop_ids=stop_ids, use_cache=use_cache)
 
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: int | None = None, *, top_p: float | None = None, repetition_penalty: float = 1.0,

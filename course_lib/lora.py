@@ -19,7 +19,7 @@ gate_proj、up_proj、down_proj）：
     merge_lora(model)                                                  # 合并回 W，变回普通的 Llama
 
 与 peft 互通：load_peft_adapter 把 peft 保存的 LoRA 适配器装到 course_lib 的 Llama 上；to_peft_state_dict 反过来
-把我们的 A、B 改成 peft 的张量名；HFCausalLM 把 transformers 模型包成 model(idx, targets) → (logits, loss)，
+把我们的 A、B 改成 peft 的张量名；course_lib.hf_adapter.HFCausalLM 把 transformers 模型包成 model(idx, targets) → (logits, loss)，
 这样 sft.train_sft / sft.evaluate_sft 也能训练、评测 peft 模型。
 
 目标名的写法（targets）：每一项按模块的完整名字匹配，可以只写最后一段（"q_proj" 匹配所有层的
@@ -399,23 +399,3 @@ def load_peft_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
                 raise ValueError(f"适配器里的 {name} {tuple(t.shape)} 在模型里找不到对应形状的参数。")
             params[name].copy_(t.to(params[name].dtype))
     return model
-
-
-class HFCausalLM(nn.Module):
-    """把 transformers 的因果语言模型（也可以是 peft 包过的）包成 course_lib 的接口：
-    model(idx, targets) → (logits, loss)，这样 sft.train_sft、sft.evaluate_sft 可以直接用它。
-
-    损失与 course_lib.Llama 完全相同：logits 与 targets 逐位对齐（targets 已经错开一位），-100 的位置不算。
-    （HF 自己的 labels= 参数会在内部再错开一位，所以这里不用它。）
-    """
-
-    def __init__(self, hf_model: nn.Module):
-        super().__init__()
-        self.hf = hf_model
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        logits = self.hf(input_ids=idx).logits                                          # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.reshape(-1))
-        return logits, loss

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -411,67 +410,6 @@ def weight_memory(model: nn.Module) -> int:
             seen.add(key)
             total += t.numel() * t.element_size()
     return total
-
-
-# ---------------------------------------------------------------- 让 HF 模型用同一套评测；生成速度
-class HFCausalLMAdapter(nn.Module):
-    """把 transformers 的因果语言模型包成课程模型的接口，让课程的评测函数原样评测 bitsandbytes 量化后的 HF 模型：
-
-    - adapter(idx, targets) → (logits, loss)，和 course_lib.Llama 一样（course_lib.train.evaluate_loss 用它）。
-      targets 已经错开一位（不像 HF 的 labels 会在内部再错开一位）；-100 的位置不算损失。
-    - adapter.stream(prompt, max_new_tokens, temperature, ..., stop_ids=...) 逐个 yield 新 token，用 HF 的 KV 缓存，
-      和 Llama.stream 的用法相同（course_lib.sft.evaluate_sft、generation_speed 用它）。
-    """
-
-    def __init__(self, hf_model):
-        super().__init__()
-        self.hf = hf_model
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        logits = self.hf(input_ids=idx.to(self.hf.device)).logits.float()   # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.to(logits.device).reshape(-1))
-        return logits, loss
-
-    @torch.no_grad()
-    def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-               seed: int | None = None, *, top_p: float | None = None, stop_ids=None):
-        from .generate import make_generator, prompt_ids, sample_next
-        tokens = prompt_ids(idx)
-        stop_ids, generator = set(stop_ids or ()), make_generator(seed)
-        was_training = self.hf.training
-        self.hf.eval()
-        try:
-            out = self.hf(input_ids=torch.tensor([tokens], device=self.hf.device), use_cache=True)
-            for step in range(max_new_tokens):
-                token = int(sample_next(out.logits[:, -1, :].float(), temperature, top_k, generator, top_p=top_p))
-                yield token
-                if token in stop_ids or step == max_new_tokens - 1:
-                    return
-                out = self.hf(input_ids=torch.tensor([[token]], device=self.hf.device),
-                              past_key_values=out.past_key_values, use_cache=True)
-        finally:
-            self.hf.train(was_training)
-
-
-@torch.no_grad()
-def generation_speed(model, prompt: list[int], new_tokens: int = 32, repeats: int = 2) -> float:
-    """贪心生成 new_tokens 个 token 的速度（token/秒；计时包括读入提示的那一次前向），
-    取 repeats 次里最快的一次（机器忙时更稳）。
-
-    model：课程的 Llama（用 KV 缓存的 model.stream）、HFCausalLMAdapter，或 transformers 的因果语言模型（自动包一层）。
-    """
-    if new_tokens < 1 or repeats < 1:
-        raise ValueError(f"new_tokens 和 repeats 都必须 ≥ 1，收到 {new_tokens}、{repeats}。")
-    if not hasattr(model, "stream"):
-        model = HFCausalLMAdapter(model)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        n = sum(1 for _ in model.stream(prompt, new_tokens, temperature=0))
-        best = min(best, (time.perf_counter() - t0) / n)
-    return 1.0 / best
 
 
 def disable_bnb_cpu_repacking(model: nn.Module) -> int:

@@ -1,42 +1,5 @@
-"""python -m course_lib.start：检查环境，准备好离线语料，然后打开 JupyterLab。
-
-在 CI（环境变量 CI=true）里或加 --check 时只做检查，不启动 JupyterLab。
-"""
-from __future__ import annotations
-
-import os
-import shutil
-import sys
-import time
-
-from .paths import repo_root
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    from .data import load_corpus
-    from .plotting import setup_chinese_font
-    from .report import print_environment
-
-    print("== 课程环境 ==")
-    print_environment()
-    print(f"中文字体     : {setup_chinese_font()}")
-    t0 = time.perf_counter()
-    n = len(load_corpus("news", "train"))
-    print(f"离线语料     : 人民日报 1998-01 训练集 {n:,} 个字符（{time.perf_counter() - t0:.1f} 秒）")
-    if "--check" in argv or os.environ.get("CI", "").lower() in ("1", "true"):
-        print("检查完成（CI 或 --check：不启动 JupyterLab）。")
-        return 0
-    jupyter = shutil.which("jupyter")
-    if jupyter is None:
-        print("找不到 jupyter 命令：请先 pip install -e . 安装课程依赖。", file=sys.stderr)
-        return 1
-    root = repo_root()
-    target = str(root / "notebooks") if root else "."
-    print(f"正在启动 JupyterLab：{target}（按 Ctrl-C 退出）")
-    os.execv(jupyter, [jupyter, "lab", target])
-    return 0  # 不会到这里
-
+"""python -m course_lib.start 的入口：实现在 course_lib/cli/start.py。"""
 
 if __name__ == "__main__":
+    from course_lib.cli.start import main
     raise SystemExit(main())

@@ -12,7 +12,7 @@ import torch
 
 from course_lib import GPT, GPTConfig, TrainConfig, Trainer, save_model
 from course_lib.files import atomic_write_json
-from course_lib.train import cleanup_distributed
+from course_lib.distributed import cleanup_distributed
 
 WORLD_SIZE = 2
 BATCH_PER_RANK = 2

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from course_lib import load_corpus, save_model
-from course_lib.chat import (ChatSession, CourseBackend, HFBackend, is_interactive, load_chat_model, main, repl, run_demo,
-                             chat_ui)
+from course_lib.chat import ChatSession, CourseBackend, HFBackend
+from course_lib.chat_models import load_chat_model
+from course_lib.chat_ui import chat_ui, is_interactive, repl, run_demo
 from course_lib.chat_format import CHAT_TEMPLATE, DEFAULT_SYSTEM, encode_chat, format_chat
 from course_lib.generate import StreamDecoder, process_logits, sample_next, sampling_probs, top_p_filter
 from course_lib.gpt import GPT, GPTConfig
@@ -46,7 +47,7 @@ def course_dir(tok, model, tmp_path_factory):
 
 def _scripted(session, token_ids):
     """让 session 的模型「生成」事先写好的 token 序列（测试会话逻辑，不依赖随机模型的输出）。"""
-    def stream(ids, max_new_tokens, seed, **sampling):
+    def stream(ids, max_new_tokens, seed, sampling):
         for t in token_ids[:max_new_tokens]:
             yield t
             if t in session.backend.stop_ids:
@@ -235,7 +236,7 @@ def test_interrupted_reply_is_kept(tok, model):
     gen.close()                                                              # 调用方提前停止
     assert s.last["stop"] == "interrupted" and s.history[-1]["content"].startswith("".join(first))
 
-    def boom(ids, max_new_tokens, seed, **sampling):
+    def boom(ids, max_new_tokens, seed, sampling):
         yield from tok.encode("我想")
         raise KeyboardInterrupt
     s.backend.stream = boom
@@ -341,7 +342,7 @@ def test_repl_commands_and_interrupts(tok, model):
     s = ChatSession(model, tok, max_new_tokens=5, seed=0)
     calls = []
 
-    def flaky(ids, max_new_tokens, seed, **sampling):                        # 第一条回复生成到一半被 Ctrl-C
+    def flaky(ids, max_new_tokens, seed, sampling):                          # 第一条回复生成到一半被 Ctrl-C
         calls.append(1)
         yield from tok.encode("好")
         if len(calls) == 1:
@@ -449,7 +450,7 @@ def test_cli_ctrl_c_stops_only_the_reply(tok, tmp_path):
 
 def test_chat_ui_widget(tok, model, monkeypatch, capsys):
     pytest.importorskip("ipywidgets")
-    import course_lib.chat as chat_mod
+    import course_lib.chat_ui as chat_mod
     monkeypatch.setenv("COURSE_INTERACTIVE", "1")
     monkeypatch.setattr(chat_mod, "_kernel", lambda: object())              # 假装在 Jupyter 内核里
     s = ChatSession(model, tok, max_new_tokens=4, seed=0)

@@ -9,7 +9,8 @@ from course_lib import Llama, LlamaConfig, TrainConfig, chapter_config
 from course_lib.exercises import (check_05_lr_at, check_05_tokens_per_step, check_05_train_flops,
                                   check_05_train_hours)
 from course_lib.profiles import CHAPTERS, PROFILES
-from course_lib.train import flops_per_token, lr_at, peak_flops
+from course_lib.flops import flops_per_token, peak_flops
+from course_lib.train import lr_at
 
 FULL = chapter_config("05_pretraining", "full")
 

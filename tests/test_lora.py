@@ -235,7 +235,8 @@ def _peft_model(tmp_path, base, **lora_kwargs):
 
 
 def test_peft_adapter_loads_into_course_llama(tmp_path):
-    from course_lib.lora import HFCausalLM, load_peft_adapter
+    from course_lib.hf_adapter import HFCausalLM
+    from course_lib.lora import load_peft_adapter
     base = _model()
     pm = _peft_model(tmp_path, base)
     pm.save_pretrained(tmp_path / "adapter")
@@ -274,7 +275,8 @@ def test_peft_adapter_errors(tmp_path):
 def test_course_adapter_copies_into_peft(tmp_path):
     from peft import set_peft_model_state_dict
 
-    from course_lib.lora import HFCausalLM, adapter_state_dict, to_peft_state_dict
+    from course_lib.hf_adapter import HFCausalLM
+    from course_lib.lora import adapter_state_dict, to_peft_state_dict
     base = _model()
     pm = _peft_model(tmp_path, base)
     ours = copy.deepcopy(base)

@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib.nbrun import colab_cells
+from course_lib.cli.nbrun import colab_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
@@ -60,7 +60,7 @@ def test_notebook_hygiene_and_colab_cells(path):
 
 def test_nbrun_record_timing_merges(tmp_path, monkeypatch):
     """两次记录（比如两个并行的 nbrun）都留在 docs/notebook_timings.json 里，后写的不覆盖先写的。"""
-    from course_lib import nbrun
+    from course_lib.cli import nbrun
     monkeypatch.setattr(nbrun, "TIMINGS", tmp_path / "docs" / "notebook_timings.json")
     nbrun.record_timing("01_bigram.ipynb", 12.34, "tiny")
     merged = nbrun.record_timing("02_self_attention.ipynb", 5.0, "tiny")

@@ -5,8 +5,10 @@ import torch
 import torch.nn as nn
 
 from course_lib.llama import Llama, LlamaConfig
-from course_lib.quant import (NF4_LEVELS, NF4_PUBLISHED, SCHEMES, HFCausalLMAdapter, QuantLinear, dequantize_absmax,
-                              dequantize_nf4, dequantize_zeropoint, generation_speed, nf4_levels, pack_int4,
+from course_lib.generate import generation_speed, stream
+from course_lib.hf_adapter import HFCausalLM
+from course_lib.quant import (NF4_LEVELS, NF4_PUBLISHED, SCHEMES, QuantLinear, dequantize_absmax,
+                              dequantize_nf4, dequantize_zeropoint, nf4_levels, pack_int4,
                               quant_error, quantize, quantize_absmax, quantize_model, quantize_nf4,
                               quantize_zeropoint, unpack_int4, weight_memory)
 
@@ -223,14 +225,14 @@ def test_hf_adapter_matches_course_model(tmp_path):
     x = torch.randint(97, (2, 16))
     with torch.no_grad():
         ref, ref_loss = model(x[:, :-1], x[:, 1:])
-        out, loss = HFCausalLMAdapter(hf)(x[:, :-1], x[:, 1:])
+        out, loss = HFCausalLM(hf)(x[:, :-1], x[:, 1:])
     assert torch.allclose(out, ref, atol=1e-4) and abs(loss.item() - ref_loss.item()) < 1e-4
     # 用 HF 的 KV 缓存贪心生成，和课程 Llama 的 generate 逐个 token 相同；遇到停止 token 就停
     ours = model.generate([5, 6, 7], 12, temperature=0)[3:].tolist()
-    theirs = list(HFCausalLMAdapter(hf).stream([5, 6, 7], 12, temperature=0))
+    theirs = list(stream(HFCausalLM(hf), [5, 6, 7], 12, temperature=0))
     assert theirs == ours
     stop = ours[4]
-    stopped = list(HFCausalLMAdapter(hf).stream([5, 6, 7], 12, temperature=0, stop_ids=[stop]))
+    stopped = list(stream(HFCausalLM(hf), [5, 6, 7], 12, temperature=0, stop_ids=[stop]))
     assert stopped == ours[:ours.index(stop) + 1]
     assert generation_speed(hf, [1, 2, 3], new_tokens=3, repeats=1) > 0
 
@@ -314,7 +316,7 @@ def test_qlora_gradients_after_eval_on_cpu(tmp_path):
     disable_bnb_cpu_repacking(hf)
     assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in hf.modules())
     hf = peft.prepare_model_for_kbit_training(hf, use_gradient_checkpointing=False)
-    model = HFCausalLMAdapter(peft.get_peft_model(hf, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+    model = HFCausalLM(peft.get_peft_model(hf, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
                                                                       task_type="CAUSAL_LM")))
     x = torch.randint(97, (2, 17))
     model.eval()

@@ -7,10 +7,10 @@ import torch
 
 from course_lib.checkpoint import load_model, save_model
 from course_lib.llama import Llama, LlamaConfig
-from course_lib.reference import (HEAD_WINDOWS, PUBLISHED_FILES, REFERENCE_CONFIG, build_reference, load_reference,
-                                  main, reference_dir, reference_metrics)
+from course_lib.cli.reference import build_reference, main
+from course_lib.reference import HEAD_WINDOWS, PUBLISHED_FILES, REFERENCE_CONFIG, load_reference, reference_dir, reference_metrics
 from course_lib.token_data import load_token_bin, prepare_pretraining_data
-from course_lib.train import evaluate_loss
+from course_lib.losses import evaluate_loss
 
 
 def test_published_files_and_size():

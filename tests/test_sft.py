@@ -1,17 +1,20 @@
 """course_lib.sft：指令数据、损失掩码、截断与跳过、补齐、训练循环、评测打分、公开数据格式的读取。"""
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import sft
+from course_lib import sft, sft_data
+from course_lib.chat_format import check_trainable
 from course_lib.chat_format import DEFAULT_SYSTEM, IM_END, encode_chat
 from course_lib.data import load_idioms, load_reviews
 from course_lib.llama import Llama, LlamaConfig
-from course_lib.sft import (IGNORE, SFTDataset, build_sft_examples, char_f1, encode_sft_example, evaluate_sft,
-                            generate_reply, load_alpaca, load_dialogues, load_sharegpt, score_reply, train_sft)
+from course_lib.sft import IGNORE, SFTDataset, encode_sft_example, train_sft
+from course_lib.sft_data import build_sft_examples, load_alpaca, load_dialogues, load_sharegpt
+from course_lib.sft_eval import char_f1, evaluate_sft, generate_reply, score_reply
 
 FIX = Path(__file__).parent / "fixtures"
 CONV = [{"role": "system", "content": DEFAULT_SYSTEM},
@@ -180,6 +183,84 @@ def test_train_sft_lowers_masked_loss(tok):
         train_sft(model, tok, ds, config={"max_len": 64})
 
 
+SFT_CFG = dict(max_len=96, batch_size=4, max_steps=20, lr=3e-3, min_lr_ratio=0.1, warmup_steps=3, weight_decay=0.0,
+               grad_clip=1.0, eval_interval=0, seed=7, per_example_loss=True)
+
+
+def _plain_sft_loop(model, ds, p):
+    """第 06 章最初那个手写的 SFT 循环（Trainer 统一之前的 train_sft），留在这里当「行为不变」的规格。"""
+    from course_lib.train import TrainConfig, lr_at, make_optimizer
+    cfg = TrainConfig(max_steps=p["max_steps"], batch_size=p["batch_size"], block_size=p["max_len"], lr=p["lr"],
+                      min_lr_ratio=p["min_lr_ratio"], warmup_steps=p["warmup_steps"], weight_decay=p["weight_decay"],
+                      grad_clip=p["grad_clip"], eval_interval=0, seed=p["seed"])
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    gen, queue, losses = torch.Generator().manual_seed(cfg.seed), [], []
+    lengths = [len(e["input_ids"]) for e in ds.items]
+    model.train()
+    for step in range(cfg.max_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        if not queue:
+            queue = sft.length_grouped_batches(lengths, cfg.batch_size, gen)
+        x, y = ds.collate([ds[i] for i in queue.pop()])
+        loss = sft.masked_loss(model(x)[0], y, p["per_example_loss"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def test_train_sft_is_the_plain_loop_bit_for_bit(tok):
+    """train_sft 现在是 Trainer 的一种配置：前 20 步的损失和最终权重与手写循环逐位相同（CPU，同一台机器）。"""
+    ds = SFTDataset(build_sft_examples("val")[:24], tok, max_len=SFT_CFG["max_len"])
+    ours, theirs = _model(tok, seed=3), _model(tok, seed=3)
+    history = train_sft(ours, tok, ds, None, SFT_CFG, progress=False)
+    assert history.step_loss == _plain_sft_loop(theirs, ds, SFT_CFG)
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_sft_resume_equals_uninterrupted(tok, tmp_path):
+    """SFT 训到一半存检查点、新建 Trainer 续训，与一口气训完逐位相同（批次队列和随机数都在检查点里）。"""
+    ds = SFTDataset(build_sft_examples("val")[:24], tok, max_len=SFT_CFG["max_len"])
+    straight = _model(tok, seed=5)
+    full = train_sft(straight, tok, ds, ds, {**SFT_CFG, "eval_interval": 5}, progress=False)
+    first = sft.sft_trainer(_model(tok, seed=5), tok, ds, ds, {**SFT_CFG, "eval_interval": 5}, progress=False,
+                            checkpoint_dir=str(tmp_path))
+    first.fit(stop_at=7)                                                  # 「中断」在一轮批次的中间
+    resumed = _model(tok, seed=11)                                        # 权重从检查点来，初始化无所谓
+    second = sft.sft_trainer(resumed, tok, ds, ds, {**SFT_CFG, "eval_interval": 5}, progress=False,
+                             checkpoint_dir=str(tmp_path), resume="auto")
+    assert second.step == 7
+    history = second.fit()
+    assert history.step_loss == full.step_loss and history.val_loss == full.val_loss
+    assert history.eval_step == full.eval_step == [0, 5, 10, 15, 20]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_fp16_selects_a_grad_scaler_for_sft(tok, monkeypatch):
+    """fp16 autocast（例如 Colab 的 T4）必须配 GradScaler：选择它的条件与 Trainer 里真正用它的代码路径都测一遍。"""
+    from course_lib import device as device_mod
+    from course_lib import train as train_mod
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)   # 一块不支持 bf16 的 GPU
+    assert device_mod.autocast_dtype("cuda") == torch.float16 and device_mod.needs_grad_scaler("cuda")
+    assert not device_mod.needs_grad_scaler("cpu")
+    ds = SFTDataset(build_sft_examples("val")[:8], tok, max_len=SFT_CFG["max_len"])
+    assert sft.sft_trainer(_model(tok), tok, ds, None, SFT_CFG, progress=False).scaler is None   # CPU：fp32，不需要
+    monkeypatch.setattr(train_mod, "needs_grad_scaler", lambda device: True)       # 让 CPU 走 fp16 的那条路
+    trainer = sft.sft_trainer(_model(tok), tok, ds, None, {**SFT_CFG, "max_steps": 3}, progress=False)
+    assert isinstance(trainer.scaler, torch.amp.GradScaler)
+    scaled = []
+    real_scale = trainer.scaler.scale
+    monkeypatch.setattr(trainer.scaler, "scale", lambda loss: scaled.append(loss.item()) or real_scale(loss))
+    history = trainer.fit()
+    assert len(scaled) == 3 and all(math.isfinite(v) for v in history.step_loss)
+    assert trainer.scaler.get_scale() > 0
+
+
 # ---------------------------------------------------------------- 数据
 @pytest.fixture(scope="module")
 def splits():
@@ -190,10 +271,10 @@ def test_examples_are_deterministic_and_well_formed(splits):
     assert build_sft_examples("test") == splits["test"]
     for split, examples in splits.items():
         for ex in examples:
-            assert ex["task"] in sft.TASKS and ex["messages"][-1]["role"] == "assistant"
-            sft.check_trainable(ex["messages"])
+            assert ex["task"] in sft_data.TASKS and ex["messages"][-1]["role"] == "assistant"
+            check_trainable(ex["messages"])
     tasks = {ex["task"] for ex in splits["train"]}
-    assert tasks == set(sft.TASKS)
+    assert tasks == set(sft_data.TASKS)
 
 
 def test_test_split_is_held_out(splits):

@@ -11,8 +11,10 @@ import torch
 
 from course_lib import GPT, GPTConfig, Llama, LlamaConfig, TrainConfig, Trainer, load_model
 from course_lib.tokenizer import BPETokenizer
-from course_lib.train import (STATE_FILE, TrainingFinishedError, flops_per_token, get_batch, latest_checkpoint, main,
-                              peak_flops)
+from course_lib.checkpoint import STATE_FILE, TrainingFinishedError, latest_checkpoint
+from course_lib.cli.pretrain import main
+from course_lib.flops import flops_per_token, peak_flops
+from course_lib.train import get_batch
 from ddp_worker import BATCH_PER_RANK, WORLD_SIZE, make_data, run
 
 REPO = Path(__file__).resolve().parents[1]

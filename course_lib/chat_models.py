@@ -1,0 +1,93 @@
+"""第 09 章：读取一个能对话的模型——课程自己的格式、Hugging Face 格式，或第 06 章的 SFT 模型（默认）。"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .files import read_text_utf8
+
+
+def _is_course_folder(meta: dict) -> bool:
+    return isinstance(meta.get("config"), dict) and meta.get("model_type") in ("llama", "gpt")
+
+
+def load_chat_model(path: str | Path | None = None, device: str | torch.device = "cpu"):
+    """读取一个能对话的模型，返回 (model, tokenizer, 说明)。
+
+    - path=None：第 06 章的 SFT 模型（course_lib.sft.load_sft_model，缺失时它会自动训练一个）；
+      sft 模块不可用时，退回参考基座模型（它没学过对话，回答不会像样）。
+    - path 是 course_lib 保存的文件夹（save_model 的 config.json + model.safetensors，分词器在同一文件夹或其
+      tokenizer/ 子文件夹）：读成 course_lib 的 Llama + BPETokenizer。
+    - path 是 Hugging Face 格式的文件夹（export_hf 导出的，或下载好的 Qwen2.5-0.5B-Instruct）：用 transformers 读。
+    - path 不是本地文件夹、形如 "组织/模型名"：当作 Hugging Face Hub 上的模型名，用 transformers 下载（需要联网）。
+    - 两种格式都不是：报中文错误。
+    """
+    if path is None:
+        return _load_default(device)
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        text = str(path)
+        if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+            return _load_transformers(text, device)
+        raise FileNotFoundError(f"找不到模型文件夹 {folder}。请检查路径；也可以不加 --model，使用课程默认的 SFT 模型。")
+    if not folder.is_dir():
+        raise ValueError(f"{folder} 是一个文件，不是模型文件夹：--model 要给包含 config.json 的文件夹。")
+    config = folder / "config.json"
+    meta = None
+    if config.exists():
+        try:
+            meta = json.loads(read_text_utf8(config))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config} 不是合法的 JSON（{e}）：文件可能损坏了。") from None
+    if isinstance(meta, dict) and _is_course_folder(meta):
+        return _load_course(folder, device)
+    if isinstance(meta, dict) and "model_type" in meta:
+        return _load_transformers(folder, device)
+    raise ValueError(f"{folder} 既不是 course_lib 保存的模型文件夹（config.json 里有 \"config\" 和 \"model_type\"，"
+                     "外加 model.safetensors 和分词器），也不是 Hugging Face 的模型文件夹（config.json 里有 \"model_type\"）。"
+                     f"文件夹里有：{', '.join(sorted(p.name for p in folder.iterdir())[:8]) or '（空）'}。")
+
+
+def _load_course(folder: Path, device):
+    from .checkpoint import load_model
+    from .llama import Llama
+    from .tokenizer import BPETokenizer
+    model = load_model(folder, device=device).eval()
+    if not isinstance(model, Llama):
+        raise ValueError(f"{folder} 里是第 03 章的 GPT（字符级），没有对话模板要用的特殊 token，不能用来对话。"
+                         "请用第 05 章起的 Llama 模型文件夹。")
+    for tok_dir in (folder, folder / "tokenizer"):
+        if (tok_dir / BPETokenizer.MODEL_FILE).exists():
+            return model, BPETokenizer.load(tok_dir), f"course_lib 模型 {folder}"
+    raise FileNotFoundError(f"{folder} 里有模型，但找不到分词器（{BPETokenizer.MODEL_FILE} 和 {BPETokenizer.META_FILE}）。"
+                            "请把训练这个模型时用的分词器 save() 到同一个文件夹。")
+
+
+def _load_transformers(name, device):
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise ImportError("读取 Hugging Face 格式的模型需要 transformers：pip install 'transformers>=5'") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name))
+        model = AutoModelForCausalLM.from_pretrained(str(name), dtype=torch.float32).to(device).eval()
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"transformers 读不了 {name}（{first}）。如果是 Hub 上的模型名，需要联网；"
+                         "如果是本地文件夹，请确认里面有 config.json、权重（*.safetensors）和分词器文件。") from None
+    return model, tokenizer, f"transformers 模型 {name}"
+
+
+def _load_default(device):
+    try:
+        from .sft import load_sft_model
+    except ImportError:
+        load_sft_model = None
+    if load_sft_model is not None:
+        model, tokenizer = load_sft_model(device=device)
+        return model.eval(), tokenizer, "第 06 章的 SFT 模型（小雁）"
+    from .reference import load_reference
+    model, tokenizer = load_reference(device=device)
+    return model, tokenizer, "参考基座模型（只做过预训练，没有学过对话：回答不会像样）"

@@ -1,0 +1,155 @@
+"""原地重新执行课程 notebook（tiny profile），把真实输出写回文件，并记录每章用时。
+
+用法（在仓库根目录；需要 pip install -e ".[test]" 装好的 nbclient）：
+    python -m course_lib.nbrun                          # 全部章节 + 参考答案
+    python -m course_lib.nbrun notebooks/03_gpt.ipynb
+    python -m course_lib.nbrun --update-readme          # 顺便把实测用时写进 README 的表格
+
+它还会统一每个 notebook 开头的 Colab 徽章和安装格子：仓库地址只写在 pyproject.toml 的
+[project.urls] 里，这里读出来生成，所以九本 notebook 不用手工粘贴。
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import re
+import time
+from argparse import RawDescriptionHelpFormatter
+from pathlib import Path
+
+from ..files import atomic_write_json, atomic_write_text
+from ..paths import repo_root
+from . import ArgumentParser
+
+ROOT = repo_root() or Path.cwd()
+
+TIMINGS = ROOT / "docs" / "notebook_timings.json"
+MEASURED_ROW = re.compile(r"(\| tiny（2 核 CPU） \| 约 )\d+( 秒（实测）)")
+
+
+def repo_url() -> str:
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    return re.search(r'^Repository\s*=\s*"([^"]+)"', text, re.M).group(1)
+
+
+def _nbformat():
+    """nbformat / nbclient 随 jupyterlab 一起安装；缺了时说清楚怎么装，而不是一行 ImportError。"""
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+    except ImportError as e:
+        raise SystemExit(f"python -m course_lib.nbrun 需要 nbformat 和 nbclient（{e.name} 没有安装）："
+                         "请运行 pip install -e \".[test]\"（或 pip install nbformat nbclient）。") from None
+    return nbformat, NotebookClient
+
+
+def colab_cells(nb_path: Path) -> list:
+    nbformat, _ = _nbformat()
+    url = repo_url()
+    slug = url.split("github.com/")[1]
+    rel = nb_path.resolve().relative_to(ROOT).as_posix()
+    badge = nbformat.v4.new_markdown_cell(
+        f"[![在 Colab 中打开](https://colab.research.google.com/assets/colab-badge.svg)]"
+        f"(https://colab.research.google.com/github/{slug}/blob/main/{rel})")
+    badge.metadata["tags"] = ["colab-badge"]
+    folder = "/content/" + slug.split("/")[1]
+    setup = nbformat.v4.new_code_cell(
+        "# 在 Google Colab 上运行时：下载课程代码并安装依赖（约 1 分钟）；在自己电脑上运行时什么也不做。\n"
+        "import os, subprocess, sys\n"
+        "if \"google.colab\" in sys.modules:\n"
+        f"    if not os.path.exists(\"{folder}\"):\n"
+        f"        subprocess.run([\"git\", \"clone\", \"--depth\", \"1\", \"{url}\", \"{folder}\"], check=True)\n"
+        f"        subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"-e\", \"{folder}\"], check=True)\n"
+        f"    sys.path.insert(0, \"{folder}\")\n"
+        f"    os.chdir(\"{folder}/{nb_path.resolve().parent.relative_to(ROOT).as_posix()}\")")
+    setup.metadata["tags"] = ["colab-setup"]
+    return [badge, setup]
+
+
+def with_colab_cells(nb, nb_path: Path):
+    """去掉旧的徽章/安装格子，在最前面放上新生成的。"""
+    keep = [c for c in nb.cells if not {"colab-badge", "colab-setup"} & set(c.metadata.get("tags", []))]
+    nb.cells = colab_cells(nb_path) + keep
+    return nb
+
+
+def clean(nb):
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs
+                            if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+    return nb
+
+
+def execute(nb_path: Path, timeout: int) -> float:
+    nbformat, NotebookClient = _nbformat()
+    nb = with_colab_cells(nbformat.read(nb_path, as_version=4), nb_path)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(nb_path.parent)}})
+    t0 = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - t0
+    for cell in nb.cells:  # 「预计用时」表里 tiny 那一行写上这次实测的时间
+        if cell.cell_type == "markdown":
+            cell.source = MEASURED_ROW.sub(lambda m: f"{m.group(1)}{seconds:.0f}{m.group(2)}", cell.source)
+    atomic_write_text(nb_path, nbformat.writes(clean(nb)) + "\n")
+    return seconds
+
+
+def update_readme(timings: dict) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    rows = ["| 章节 | tiny（2 核 CPU，实测） |", "|---|---|"]
+    for name, t in sorted(timings["notebooks"].items()):
+        if not name.startswith("solutions/"):
+            rows.append(f"| `{name}` | {t:.0f} 秒 |")
+    table = "\n".join(rows)
+    new = re.sub(r"(<!-- timings -->\n).*?(\n<!-- /timings -->)", lambda m: m.group(1) + table + m.group(2),
+                 text, flags=re.S)
+    atomic_write_text(readme, new)
+
+
+def record_timing(name: str, seconds: float, profile: str) -> dict:
+    """把一本笔记本的用时合并进 docs/notebook_timings.json，返回合并后的全部记录。
+
+    加文件锁、在锁里重新读一遍再写：两个 nbrun 同时跑不同的笔记本时，谁也不会覆盖掉对方的记录。
+    """
+    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+    with open(TIMINGS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        timings = json.loads(TIMINGS.read_text(encoding="utf-8")) if TIMINGS.exists() else {"notebooks": {}}
+        timings["notebooks"][name] = round(seconds, 1)
+        timings["machine"] = f"{platform.machine()}, {os.cpu_count()} 核 CPU, profile={profile}"
+        atomic_write_json(TIMINGS, timings)
+    return timings
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(prog="python -m course_lib.nbrun", description=__doc__,
+                                 formatter_class=RawDescriptionHelpFormatter)
+    ap.add_argument("notebooks", nargs="*", type=Path, help="要执行的 notebook（默认：全部章节 + 参考答案）")
+    ap.add_argument("--profile", default="tiny", help="用哪一档配置执行（默认 tiny）")
+    ap.add_argument("--timeout", type=int, default=1800, help="每个格子的超时秒数")
+    ap.add_argument("--update-readme", action="store_true", help="把实测用时写进 README 的表格")
+    args = ap.parse_args(argv)
+    os.environ["COURSE_PROFILE"] = args.profile
+    os.environ["TQDM_DISABLE"] = "1"  # 进度条是给人看的；写进文件的输出只保留摘要行
+    paths = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
+    timings = {"notebooks": {}}
+    for p in paths:
+        p = p.resolve()
+        seconds = execute(p, args.timeout)
+        name = p.relative_to(ROOT / "notebooks").as_posix()
+        timings = record_timing(name, seconds, args.profile)  # 每跑完一本就记下，中途失败也不丢前面的
+        print(f"{name}: {seconds:.1f} 秒", flush=True)
+    if args.update_readme:
+        update_readme(timings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

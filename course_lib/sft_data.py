@@ -1,0 +1,263 @@
+"""第 06 章的指令数据（instruction data）：SFT 要学的题目从哪里来。
+
+- build_sft_examples(split)：用课程自带的语料现场生成（成语、评论情感、两位数加减法），再加上手写的对话
+  data/sft/dialogues.jsonl。每条是 {"task", "messages", "answer"}；answer 是评测时对照的标准答案。
+- 划分：评论、成语用 course_lib.data 固定的划分（test 从没进入预训练语料，所以评测题基座模型没见过）；
+  算术题按题目的哈希划分；手写对话按 id 的哈希划分。
+- 联网时可以用 load_alpaca / load_sharegpt 读入 alpaca-zh、BELLE 这类公开数据，格式相同。
+编码、损失掩码和训练在 course_lib.sft，评测在 course_lib.sft_eval。
+"""
+from __future__ import annotations
+
+import functools
+import json
+import random
+import zlib
+from pathlib import Path
+
+from .chat_format import DEFAULT_SYSTEM, check_trainable
+from .data import load_idioms, load_reviews, split_of
+from .files import read_text_utf8
+from .paths import repo_root
+
+TASKS = ("sentiment", "idiom_meaning", "idiom_pinyin", "idiom_chain", "idiom_source", "idiom_usage",
+         "arithmetic", "dialogue")
+
+# 每个划分每种任务取多少条（None = 全部）。train 很大：tiny 档 90 秒的训练只看得到其中两三千条，
+# 但多样一些更好；val 用来算验证损失；test 是评测题（第 07、08 章也用同一批题）。
+SPLIT_SIZES = {
+    "train": dict(sentiment=4000, idiom_meaning=500, idiom_pinyin=500, idiom_chain=500, idiom_source=150,
+                  idiom_usage=150, arithmetic=1200, dialogue=None),
+    "val": dict(sentiment=16, idiom_meaning=6, idiom_pinyin=6, idiom_chain=6, idiom_source=2,
+                idiom_usage=2, arithmetic=8, dialogue=None),
+    "test": dict(sentiment=100, idiom_meaning=30, idiom_pinyin=30, idiom_chain=30, idiom_source=0,
+                 idiom_usage=0, arithmetic=50, dialogue=None),
+}
+# 手写对话只有一百多条：训练集里每条重复 12 次，否则「我是小雁」这类身份信息会淹没在几千条生成的题目里。
+# 训练集的比例（tiny 档只训练一两百步，比例决定了模型先学会什么）：情感约 48%、成语五种题约 22%、算术约 14%、
+# 对话约 16%。情感题的回答最短、格式最固定，是第 7–9 章最依赖的能力，所以占得最多。
+DIALOGUE_REPEAT = 12
+MAX_REVIEW_CHARS = 64  # 评论太长时只取开头这么多字（评测题只选不超过这个长度的评论）：样本短，训练就快
+SENTIMENT_LABELS = ("负面", "正面")  # Review.label：0 = 负面，1 = 正面
+
+
+@functools.lru_cache(maxsize=1)
+def _reviews() -> tuple:
+    return tuple(load_reviews())  # 读一次、各个划分共用（读全部评论要一两秒）
+
+
+@functools.lru_cache(maxsize=1)
+def _idioms() -> tuple:
+    return tuple(load_idioms())
+
+
+def _hash(key: str) -> int:
+    return zlib.crc32(key.encode("utf-8"))
+
+
+def _with_system(key: str, messages: list[dict]) -> list[dict]:
+    """一半的样本带默认系统提示，一半不带（按 key 的哈希决定，确定性）：两种用法模型都要会。"""
+    if _hash("system:" + key) % 2 == 1:
+        return messages
+    return [{"role": "system", "content": DEFAULT_SYSTEM}] + messages
+
+
+def _qa(task: str, key: str, question: str, reply: str, answer: str | None) -> dict:
+    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+    return {"task": task, "messages": _with_system(key, messages), "answer": answer}
+
+
+def _first_sentence(text: str, limit: int) -> str:
+    """取第一句（到第一个「。」为止），再限制长度；去掉语料里残留的半个引号。"""
+    text = text.replace("”", "").replace("“", "")
+    head = text.split("。")[0]
+    head = head if len(head) <= limit else head[:limit] + "……"
+    return head + "。" if not head.endswith(("……", "。", "！", "？")) else head
+
+
+def sentiment_example(text: str, label: int) -> dict:
+    """「判断这条评论的情感」：回答只有「正面」或「负面」两个字。"""
+    text = text if len(text) <= MAX_REVIEW_CHARS else text[:MAX_REVIEW_CHARS] + "……"
+    return _qa("sentiment", text, f"判断这条评论的情感是正面还是负面：\n{text}", SENTIMENT_LABELS[label],
+               SENTIMENT_LABELS[label])
+
+
+def idiom_examples(idiom, chain_pool: dict[str, list[str]]) -> list[dict]:
+    """一条成语 → 最多五道题：释义、拼音、出处、造句（用法）、成语接龙。"""
+    w = idiom.word
+    out = [
+        _qa("idiom_meaning", "m" + w, f"「{w}」是什么意思？", _first_sentence(idiom.explanation, 40),
+            _first_sentence(idiom.explanation, 40)),
+        _qa("idiom_pinyin", "p" + w, f"「{w}」怎么读？请写出拼音。", idiom.pinyin, idiom.pinyin),
+    ]
+    if idiom.derivation:
+        src = _first_sentence(idiom.derivation, 50)
+        out.append(_qa("idiom_source", "s" + w, f"成语「{w}」出自哪里？", f"出自{src}", src))
+    if idiom.example and len(idiom.example) <= 60 and "★" not in idiom.example:
+        out.append(_qa("idiom_usage", "u" + w, f"用「{w}」造一个句子。", idiom.example, idiom.example))
+    nexts = [c for c in chain_pool.get(idiom.end_word, []) if c != w]
+    if nexts:
+        nxt = nexts[_hash("chain:" + w) % len(nexts)]
+        out.append(_qa("idiom_chain", "c" + w, f"成语接龙：{w}", nxt, nxt))
+    return out
+
+
+def arithmetic_problems(split: str) -> list[tuple[int, str, int]]:
+    """两位数加减法的全部题目（确定性）：a + b 和 a - b（a ≥ b），a、b ∈ [10, 99]；按题目的哈希分 train/val/test。"""
+    out = []
+    for a in range(10, 100):
+        for b in range(10, 100):
+            for op in "+-":
+                if op == "-" and a < b:
+                    continue
+                key = f"{a}{op}{b}"
+                if split_of("arith:" + key, 10, 10) == split:
+                    out.append((a, op, b))
+    return out
+
+
+def arithmetic_example(a: int, op: str, b: int) -> dict:
+    c = a + b if op == "+" else a - b
+    return _qa("arithmetic", f"{a}{op}{b}", f"计算：{a}{op}{b}=？", f"{a}{op}{b}={c}", str(c))
+
+
+def dialogues_path() -> Path:
+    root = repo_root()
+    if root is None:
+        raise FileNotFoundError("找不到课程仓库里的 data/sft/dialogues.jsonl。请在课程仓库里 pip install -e . 后使用。")
+    return root / "data" / "sft" / "dialogues.jsonl"
+
+
+def load_dialogues(path: str | Path | None = None) -> list[dict]:
+    """读取手写对话（一行一段 JSON：{"id": ..., "messages": [...]}），逐条检查格式。"""
+    path = Path(path) if path is not None else dialogues_path()
+    out = []
+    for n, line in enumerate(read_text_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} 第 {n} 行不是合法的 JSON（{e}）。") from None
+        try:
+            check_trainable(obj["messages"])
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{path} 第 {n} 行（id={obj.get('id')!r}）：{e}") from None
+        out.append({"id": obj.get("id", str(n)), "messages": obj["messages"]})
+    return out
+
+
+def build_sft_examples(split: str, sizes: dict | None = None, seed: int = 0) -> list[dict]:
+    """某个划分的全部 SFT 样本（打乱过，确定性）：每条 {"task", "messages", "answer"}。
+
+    - 评论、成语用 data 模块固定的划分：test 划分从没进入预训练语料，所以评测题基座模型没见过。
+    - 算术题按题目哈希划分；手写对话按 id 的哈希划分（约 80% / 10% / 10%）。
+    - answer：评测时对照的标准答案（情感标签、拼音、释义、接龙参考答案、算术结果）；手写对话是 None。
+    - sizes 覆盖 SPLIT_SIZES[split] 里的条数，例如 {"sentiment": 10}。
+    """
+    if split not in SPLIT_SIZES:
+        raise ValueError(f"split 只能是 'train'、'val'、'test'，收到 {split!r}。")
+    n = {**SPLIT_SIZES[split], **(sizes or {})}
+    unknown = set(n) - set(TASKS)
+    if unknown:
+        raise ValueError(f"sizes 里有不认识的任务 {sorted(unknown)}；任务只有：{', '.join(TASKS)}。")
+    rng = random.Random(f"sft-{split}-{seed}")
+
+    def take(items: list, k: int | None) -> list:
+        return items if k is None or k >= len(items) else rng.sample(items, k)
+
+    by_task: dict[str, list[dict]] = {t: [] for t in TASKS}
+    # 情感：test 只选不太长的评论，正负各半
+    reviews = [r for r in _reviews() if r.split == split]
+    if split == "test":
+        short = [r for r in reviews if len(r.text) <= MAX_REVIEW_CHARS]
+        half = n["sentiment"] // 2
+        pos, neg = [r for r in short if r.label == 1], [r for r in short if r.label == 0]
+        reviews = take(pos, half) + take(neg, n["sentiment"] - half)
+    else:
+        reviews = take(reviews, n["sentiment"])
+    by_task["sentiment"] = [sentiment_example(r.text, r.label) for r in reviews]
+    # 成语：接龙的参考答案只从 train 划分里选（那些成语模型在预训练里见过）
+    chain_pool: dict[str, list[str]] = {}
+    for idiom in _idioms():
+        if idiom.split == "train" and len(idiom.word) == 4:
+            chain_pool.setdefault(idiom.head_word, []).append(idiom.word)
+    idioms = [i for i in _idioms() if i.split == split and len(i.word) == 4 and i.explanation]
+    for idiom in idioms:
+        for ex in idiom_examples(idiom, chain_pool):
+            by_task[ex["task"]].append(ex)
+    for task in ("idiom_meaning", "idiom_pinyin", "idiom_chain", "idiom_source", "idiom_usage"):
+        by_task[task] = take(by_task[task], n[task])
+    by_task["arithmetic"] = [arithmetic_example(*p) for p in take(arithmetic_problems(split), n["arithmetic"])]
+    dialogues = [d for d in load_dialogues() if split_of("dialogue:" + d["id"], 10, 10) == split]
+    dialogue_examples = [{"task": "dialogue", "answer": None,
+                          "messages": d["messages"] if d["messages"][0]["role"] == "system"
+                          else _with_system("dialogue:" + d["id"], d["messages"])} for d in dialogues]
+    by_task["dialogue"] = take(dialogue_examples * (DIALOGUE_REPEAT if split == "train" else 1), n["dialogue"])
+    out = [ex for task in TASKS for ex in by_task[task]]
+    rng.shuffle(out)
+    return out
+
+
+# ---------------------------------------------------------------- 公开数据集的格式
+def _read_json_records(path: str | Path) -> list:
+    """读 .json（一个列表）或 .jsonl（一行一条）。"""
+    text = read_text_utf8(path)
+    try:
+        if str(path).endswith(".jsonl"):
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} 不是合法的 JSON（{e}）。") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path} 的最外层应该是一个列表（每个元素一条样本），收到 {type(data).__name__}。")
+    return data
+
+
+def load_alpaca(path: str | Path, system: str | None = None) -> list[dict]:
+    """alpaca 格式（alpaca-zh、BELLE 的部分数据）：[{"instruction", "input", "output"}, ...] → SFT 样本。
+
+    有 input 时把它接在 instruction 后面（换行分隔），作为一条 user 消息；output 是助手的回复。
+    """
+    out = []
+    for i, rec in enumerate(_read_json_records(path)):
+        if not isinstance(rec, dict) or "instruction" not in rec or "output" not in rec:
+            raise ValueError(f"{path} 第 {i + 1} 条不是 alpaca 格式：需要 \"instruction\" 和 \"output\" 两个键"
+                             f"（\"input\" 可选），收到的键是 {sorted(rec) if isinstance(rec, dict) else type(rec).__name__}。")
+        question = rec["instruction"] + (f"\n{rec['input']}" if rec.get("input") else "")
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": question}, {"role": "assistant", "content": rec["output"]}]
+        check_trainable(messages)
+        out.append({"task": "alpaca", "messages": messages, "answer": None})
+    return out
+
+
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+
+
+def load_sharegpt(path: str | Path) -> list[dict]:
+    """ShareGPT 格式（{"conversations": [{"from": "human"/"gpt", "value": ...}]}）
+    或 OpenAI 格式（{"messages": [{"role": "user"/"assistant", "content": ...}]}）→ SFT 样本。"""
+    out = []
+    for i, rec in enumerate(_read_json_records(path)):
+        turns = rec.get("messages", rec.get("conversations")) if isinstance(rec, dict) else None
+        if not isinstance(turns, list):
+            raise ValueError(f"{path} 第 {i + 1} 条既没有 \"messages\"（OpenAI 格式）也没有 \"conversations\"（ShareGPT 格式）。")
+        messages = []
+        for t in turns:
+            if "role" in t and "content" in t:
+                role, content = t["role"], t["content"]
+            elif "from" in t and "value" in t:
+                role, content = t["from"], t["value"]
+            else:
+                raise ValueError(f"{path} 第 {i + 1} 条里有一条消息既不是 role/content 也不是 from/value：{t!r}。")
+            if role not in _SHAREGPT_ROLES:
+                raise ValueError(f"{path} 第 {i + 1} 条：不认识的角色 {role!r}（认识的有：{', '.join(_SHAREGPT_ROLES)}）。")
+            messages.append({"role": _SHAREGPT_ROLES[role], "content": content})
+        try:
+            check_trainable(messages)
+        except ValueError as e:
+            raise ValueError(f"{path} 第 {i + 1} 条：{e}") from None
+        out.append({"task": "sharegpt", "messages": messages, "answer": None})
+    return out
