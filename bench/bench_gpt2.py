@@ -6,7 +6,7 @@ torch.compile、fused AdamW——也就是课程在 A100 / H100 上（full profi
     python bench/bench_gpt2.py --size tiny --device cpu --steps 2 --warmup 1   # 冒烟测试（tests/test_bench.py）
 
 结果写进 docs/benchmarks.md 里 <!-- bench_gpt2:设备名 --> 标记之间，和 docs/bench_gpt2_<设备名>.json。
-MFU（model FLOPs utilization）= 实测 tokens/s × 每 token 的 FLOPs ÷ 这块 GPU 的 bf16 稠密峰值（course_lib.train.PEAK_FLOPS）；
+MFU（model FLOPs utilization）= 实测 tokens/s × 每 token 的 FLOPs ÷ 这块 GPU 的 bf16 稠密峰值（course_lib.flops.PEAK_FLOPS）；
 CPU 和表里没有的 GPU 不估计 MFU。数据是均匀随机的 token：测的是速度，不是学习效果。
 """
 from __future__ import annotations
@@ -15,19 +15,17 @@ import argparse
 import platform
 import re
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-from _report import write_section  # noqa: E402
+from _report import publish, timed_fit  # noqa: E402
 
 from course_lib import GPT, GPTConfig, TrainConfig, Trainer  # noqa: E402
 from course_lib.device import autocast_dtype, get_device  # noqa: E402
-from course_lib.files import atomic_write_json  # noqa: E402
-from course_lib.train import flops_per_token, peak_flops  # noqa: E402
+from course_lib.flops import flops_per_token, peak_flops  # noqa: E402
 
 SIZES = {
     # 词表 50304 = GPT-2 的 50257 补齐到 64 的倍数（矩阵乘法的形状更规整，GPU 上更快）
@@ -47,15 +45,7 @@ def run(size: str, device: str, batch: int, steps: int, warmup: int, compile: bo
     trainer = Trainer(model, data, None, cfg)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    trainer.fit()  # 预热：torch.compile 的编译、cuDNN/cuBLAS 的选算法都发生在这里
-    trainer.cfg.max_steps = warmup + steps
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    t0 = time.perf_counter()
-    trainer.fit()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    seconds = time.perf_counter() - t0
+    seconds = timed_fit(trainer, warmup, steps, dev)  # 预热 warmup 步（torch.compile 的编译在这里），再计时 steps 步
     tok_s = steps * batch * block / seconds
     n_params = sum(p.numel() for p in model.parameters())
     return {
@@ -101,8 +91,7 @@ def main(argv=None) -> dict:
     device = args.device or str(get_device())
     r = run(args.size, device, args.batch, args.steps, args.warmup, args.compile)
     name = slug(r["device_name"] if r["device"].startswith("cuda") else "cpu") + ("" if args.size == "gpt2" else f"_{args.size}")
-    atomic_write_json(args.docs / f"bench_gpt2_{name}.json", r)
-    write_section(args.docs / "benchmarks.md", f"bench_gpt2:{name}", markdown(r))
+    publish(args.docs, f"bench_gpt2:{name}", r, markdown(r))
     mfu = f"，MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""
     print(f"{r['device_name']}：{r['tokens_per_sec']:,.0f} tokens/s{mfu}", flush=True)
     return r

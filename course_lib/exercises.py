@@ -268,7 +268,7 @@ def _training_tokens(p: dict) -> int:
 
 def check_05_train_flops(answer: float, p: dict) -> bool:
     """练习：按配置 p 单卡训练 max_steps 步，一共要做多少次浮点运算（FLOPs）？用 6N + 注意力 的公式估计。"""
-    from .train import flops_per_token
+    from .flops import flops_per_token
     per_token = flops_per_token(_llama_from_profile(p), p["block_size"])
     tokens = _training_tokens(p)
     truth = per_token * tokens
@@ -282,16 +282,16 @@ def check_05_train_flops(answer: float, p: dict) -> bool:
 
 def check_05_train_hours(answer: float, p: dict, gpu: str, n_gpus: int = 1, mfu: float = 0.4) -> bool:
     """练习：总 token 数不变（全局批不变），在 n_gpus 块 gpu 上、假设 MFU 为 mfu，按配置 p 训练要多少小时？只算计算时间。"""
-    from .train import flops_per_token, peak_flops
+    from .flops import flops_per_token, peak_flops
     peak = peak_flops(gpu)
     if peak is None:
-        raise ValueError(f"course_lib.train.PEAK_FLOPS 里没有 {gpu!r}；请用表里的名字，例如 'A100'、'H100'、'RTX 4090'。")
+        raise ValueError(f"course_lib.flops.PEAK_FLOPS 里没有 {gpu!r}；请用表里的名字，例如 'A100'、'H100'、'RTX 4090'。")
     total = flops_per_token(_llama_from_profile(p), p["block_size"]) * _training_tokens(p)
     truth = total / (peak * n_gpus * mfu) / 3600
     return _report(_close(answer, truth, 0.05),
                    f"{total:.3g} FLOPs ÷ ({peak:.3g} FLOP/s × {n_gpus} × {mfu:.0%}) ≈ {truth:.3g} 小时（{truth * 60:.3g} 分钟）。"
                    "这只是估算：实际还要加上数据加载、评估、存检查点和多卡通信的时间。",
-                   "提示：时间 = 总 FLOPs ÷（每块 GPU 的峰值 FLOP/s × GPU 数 × MFU）；峰值查 course_lib.train.peak_flops(名字)；"
+                   "提示：时间 = 总 FLOPs ÷（每块 GPU 的峰值 FLOP/s × GPU 数 × MFU）；峰值查 course_lib.flops.peak_flops(名字)；"
                    "最后把秒换成小时（÷ 3600）。")
 
 
