@@ -5,7 +5,8 @@
 - full ：A100 / H100 级别的 GPU。
 
 选择顺序：函数参数 > 环境变量 COURSE_PROFILE > 自动（有 CUDA → small，否则 tiny）。
-每章的超参数都写在下面的 CHAPTERS 表里，notebook 只读取，不自己写死数字。
+每章的超参数都写在下面的 CHAPTERS 表里，notebook 只读取，不自己写死数字；notebook 断言的结果范围（实测得出的界限）
+不在这里，在 course_lib/bands.py。
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ PROFILES = ("tiny", "small", "full")
 CHAPTERS: dict[str, dict[str, dict]] = {
     "01_bigram": {
         # BigramLM 是一张 V×V 的表：每一步都要更新 V² 个参数，所以用大批次、少步数、较大的 Adam 学习率。
-        # tiny 实测（2 核 CPU）：50 步后验证集 4.837，计数模型 4.679；small 的 300 步在 CPU 上实测 4.785（计数 4.736）。
         # max_vocab 与第 03 章相同（同一个字符级分词器）。demo_steps 是手写训练循环演示的步数。
         "tiny": dict(corpus="news", max_vocab=3000, batch_size=512, block_size=64, max_steps=50, lr=0.15,
                      betas=(0.9, 0.99), min_lr_ratio=0.7, eval_interval=5, eval_iters=1, demo_steps=10),
@@ -31,53 +31,44 @@ CHAPTERS: dict[str, dict[str, dict]] = {
     "02_self_attention": {
         # 只有 1 层的小 GPT，训练一会儿，让注意力热力图有意义；max_vocab 小一点，算得快。
         "tiny": dict(corpus="news", max_vocab=1500, block_size=16, n_layer=1, n_head=4, n_embd=64,
-                     batch_size=64, max_steps=1500, lr=1e-2, warmup_steps=50, eval_interval=250, eval_iters=20,
-                     val_loss_max=4.85),  # 实测验证损失 4.752（2 核 CPU），留 0.1 余量
+                     batch_size=64, max_steps=1500, lr=1e-2, warmup_steps=50, eval_interval=250, eval_iters=20),
         "small": dict(corpus="news", max_vocab=3000, block_size=32, n_layer=1, n_head=4, n_embd=128,
-                      batch_size=64, max_steps=3000, lr=3e-3, warmup_steps=100, eval_interval=500, eval_iters=50,
-                      val_loss_max=None),  # None：尚无 GPU 实测，不设上界
+                      batch_size=64, max_steps=3000, lr=3e-3, warmup_steps=100, eval_interval=500, eval_iters=50),
         "full": dict(corpus="news", max_vocab=None, block_size=64, n_layer=1, n_head=8, n_embd=256,
-                     batch_size=128, max_steps=5000, lr=2e-3, warmup_steps=200, eval_interval=500, eval_iters=100,
-                     val_loss_max=None),
+                     batch_size=128, max_steps=5000, lr=2e-3, warmup_steps=200, eval_interval=500, eval_iters=100),
     },
     "03_gpt": {
-        # tiny：空闲的 2 核 CPU 上训练约 123 秒（约 13.6 k 字/秒）。同样 164 万个字，批大小 16 × 1600 步
-        # 比 32 × 800 步好（整个验证集 4.540 vs 4.620）：预算很小时，更新次数比大批次更值钱；不共享权重反而略差（4.566）。
-        # bigram_margin = 验证损失至少比二元模型低多少 nats：tiny 实测低 0.139，断言 ≥ 0.09；None 表示尚无实测。
+        # tiny：2 核 CPU 上约 2 分钟。同样 164 万个字，批大小 16 × 1600 步比 32 × 800 步好（验证集 4.540 vs 4.620）：
+        # 预算很小时，更新次数比大批次更值钱；不共享权重反而略差（4.566）。
         "tiny": dict(corpus="news", max_vocab=3000, block_size=64, n_layer=4, n_head=4, n_embd=128,
                      dropout=0.0, tie_weights=True, batch_size=16, max_steps=1600, lr=3e-3, min_lr_ratio=0.1,
-                     warmup_steps=100, eval_interval=200, eval_iters=10, bigram_margin=0.09),
+                     warmup_steps=100, eval_interval=200, eval_iters=10),
         "small": dict(corpus="news", max_vocab=None, block_size=256, n_layer=6, n_head=6, n_embd=384,
                       dropout=0.1, tie_weights=True, batch_size=64, max_steps=5000, lr=1e-3, min_lr_ratio=0.1,
-                      warmup_steps=200, eval_interval=250, eval_iters=50, bigram_margin=None),
+                      warmup_steps=200, eval_interval=250, eval_iters=50),
         "full": dict(corpus="news", max_vocab=None, block_size=512, n_layer=12, n_head=12, n_embd=768,
                      dropout=0.1, tie_weights=True, batch_size=64, max_steps=10000, lr=6e-4, min_lr_ratio=0.1,
-                     warmup_steps=500, eval_interval=500, eval_iters=100, bigram_margin=None),
+                     warmup_steps=500, eval_interval=500, eval_iters=100),
     },
     "04_llama2": {
         # 4.9 节：GPT（第 03 章的结构）对 Llama 2（RMSNorm + RoPE + SwiGLU；n_kv_heads = n_head 即普通多头，和 Llama-2-7B 一样）。
         # 同样的宽度/层数/头数、数据、步数、批大小、种子，学习率等沿用第 03 章为 GPT 调好的配方；参数量只差 0.2%。
-        # tiny 实测（500 步 × 16×64 个字，整个验证集，2 核 CPU 上三个种子 1337 / 1 / 2）：
-        #   GPT 5.051 / 5.045 / 5.086，Llama 4.812 / 4.820 / 4.848 —— Llama 每次都低 0.22–0.24 nats，同一模型不同种子只差 0.04。
-        #   llama_gain_min = 0.15：断言 Llama 的验证损失至少比 GPT 低这么多（None = 尚无实测，只要求都学到了东西）。
-        #   预热不能太短：warmup_steps=40（400 步）时 GPT 卡在 6.02 下不来，Llama 正常（5.07）；100 步预热两者都正常。
+        # 预热不能太短：warmup_steps=40（400 步）时 GPT 卡在 6.02 下不来，Llama 正常（5.07）；100 步预热两者都正常。
         # kv_*：4.8 节在参考模型上测 KV 缓存：kv_lengths 是测单步用时的上下文长度（≤ 参考模型的 256），
-        # kv_prompt_tokens + kv_new_tokens 是端到端贪心生成的提示长度和新 token 数（合计 ≤ 256），
-        # kv_speedup_min 是断言的最低加速倍数（None = 不断言）。
+        # kv_prompt_tokens + kv_new_tokens 是端到端贪心生成的提示长度和新 token 数（合计 ≤ 256）。
         # exercise_steps：参考答案练习 4（n_kv_heads = 1、2、n_head 对比）每个模型训练的步数。
         "tiny": dict(corpus="news", max_vocab=3000, block_size=64, n_layer=4, n_head=4, n_embd=128, n_kv_heads=4,
                      batch_size=16, max_steps=500, lr=3e-3, min_lr_ratio=0.1, warmup_steps=100, eval_interval=100,
-                     eval_iters=10, seed=1337, llama_gain_min=0.15, kv_lengths=(32, 64, 128, 192, 256),
-                     kv_prompt_tokens=128, kv_new_tokens=60, kv_speedup_min=2.0, exercise_steps=200),
-        # small / full：尚未在 GPU 上实测，不设断言的范围。
+                     eval_iters=10, seed=1337, kv_lengths=(32, 64, 128, 192, 256),
+                     kv_prompt_tokens=128, kv_new_tokens=60, exercise_steps=200),
         "small": dict(corpus="news", max_vocab=None, block_size=256, n_layer=6, n_head=6, n_embd=384, n_kv_heads=6,
                       batch_size=64, max_steps=3000, lr=1e-3, min_lr_ratio=0.1, warmup_steps=200, eval_interval=250,
-                      eval_iters=50, seed=1337, llama_gain_min=None, kv_lengths=(32, 64, 128, 192, 256),
-                      kv_prompt_tokens=128, kv_new_tokens=120, kv_speedup_min=None, exercise_steps=1000),
+                      eval_iters=50, seed=1337, kv_lengths=(32, 64, 128, 192, 256),
+                      kv_prompt_tokens=128, kv_new_tokens=120, exercise_steps=1000),
         "full": dict(corpus="news", max_vocab=None, block_size=512, n_layer=12, n_head=12, n_embd=768, n_kv_heads=12,
                      batch_size=64, max_steps=6000, lr=6e-4, min_lr_ratio=0.1, warmup_steps=500, eval_interval=500,
-                     eval_iters=100, seed=1337, llama_gain_min=None, kv_lengths=(32, 64, 128, 192, 256),
-                     kv_prompt_tokens=128, kv_new_tokens=120, kv_speedup_min=None, exercise_steps=1000),
+                     eval_iters=100, seed=1337, kv_lengths=(32, 64, 128, 192, 256),
+                     kv_prompt_tokens=128, kv_new_tokens=120, exercise_steps=1000),
     },
     "05_pretraining": {
         # python -m course_lib.train --profile tiny --out 目录：预训练一个 Llama（命令行可以用 --键 值 覆盖下面任何一项）。
@@ -85,43 +76,30 @@ CHAPTERS: dict[str, dict[str, dict]] = {
         # 每步的 token 数 = batch_size × grad_accum_steps × 进程数 × block_size。small、full 两档尚未在 GPU 上实测。
         # 以下几项只给第 05 章 notebook 用（命令行忽略它们）：
         #   eval_windows：evaluate_loss 最多评估多少个窗口（None = 整个验证集）；
-        #   min_chars_per_token / min_llama_ratio：分词器的实测下限（BPE 的字/token；「只认识 700 个汉字」的分词器多用几倍 token）；
-        #   unigram_margin / reference_margin / cpt_margin：验证损失至少比一元模型低多少、参考模型每字损失至少比本章模型低多少、
-        #   继续预训练后新语料的验证损失至少降多少（nats）；None = 尚无实测，不断言；
         #   resume_demo_steps：续训演示的总步数（一半时中断）；cpt_*：在 cpt_corpus 上继续预训练的步数和学习率。
-        # tiny 实测（2 核 CPU，OMP_NUM_THREADS=1）：分词器 1.295 字/token（mix + 6400 词表：1.272），「只认识 700 字」的分词器
-        # 要多用 1.64 倍 token（mix：1.67）；250 步后验证损失 6.69，一元模型 7.25（低 0.56）；每字损失 5.23 vs 参考模型 4.29；
-        # 继续预训练 40 步，成语验证损失 7.91 → 5.73。词表 4800 比 3200 每字损失更低（lr 2e-3、各 250 步：5.22 vs 5.45 nats/字），
-        # 共享输入输出嵌入不影响损失、参数少三分之一；
-        # lr 6e-3 比 3e-3 差（300 步：6.63 vs 6.54）；每步 4×2 序列、600 步也不如 8×2、300 步（6.62）。
+        # tiny 的选择（2 核 CPU 实测）：词表 4800 比 3200 每字损失更低（5.22 vs 5.45 nats/字）；共享输入输出嵌入不影响损失、
+        # 参数少三分之一；lr 6e-3 比 3e-3 差（6.63 vs 6.54）；每步 4×2 序列、600 步也不如 8×2、300 步（6.62）。
         "tiny": dict(corpus="news", tokenizer_chars=500_000, vocab_size=4800, block_size=128, dim=128, n_layers=4,
                      n_heads=4, n_kv_heads=2, tie_weights=True, batch_size=8, grad_accum_steps=2, max_steps=250, lr=3e-3,
                      min_lr_ratio=0.1, warmup_steps=20, weight_decay=0.1, grad_clip=1.0, eval_interval=50,
                      eval_iters=10, checkpoint_interval=50, compile=False, seed=1337,
-                     eval_windows=200, min_chars_per_token=1.2, min_llama_ratio=1.5, unigram_margin=0.4,
-                     reference_margin=0.6, resume_demo_steps=12, cpt_corpus="idioms", cpt_steps=40, cpt_lr=1e-3,
-                     cpt_margin=1.5),
+                     eval_windows=200, resume_demo_steps=12, cpt_corpus="idioms", cpt_steps=40, cpt_lr=1e-3),
         "small": dict(corpus="mix", tokenizer_chars=None, vocab_size=6400, block_size=256, dim=384, n_layers=6,
                       n_heads=6, n_kv_heads=2, tie_weights=False, batch_size=32, grad_accum_steps=2, max_steps=3000,
                       lr=1e-3, min_lr_ratio=0.1, warmup_steps=200, weight_decay=0.1, grad_clip=1.0, eval_interval=250,
                       eval_iters=50, checkpoint_interval=500, compile=False, seed=1337,
-                      eval_windows=None, min_chars_per_token=1.2, min_llama_ratio=1.5, unigram_margin=None,
-                      reference_margin=None, resume_demo_steps=20, cpt_corpus="idioms", cpt_steps=200, cpt_lr=3e-4,
-                      cpt_margin=None),
+                      eval_windows=None, resume_demo_steps=20, cpt_corpus="idioms", cpt_steps=200, cpt_lr=3e-4),
         "full": dict(corpus="mix", tokenizer_chars=None, vocab_size=6400, block_size=512, dim=512, n_layers=8,
                      n_heads=8, n_kv_heads=4, tie_weights=False, batch_size=32, grad_accum_steps=2, max_steps=3000,
                      lr=1e-3, min_lr_ratio=0.1, warmup_steps=200, weight_decay=0.1, grad_clip=1.0, eval_interval=250,
                      eval_iters=50, checkpoint_interval=500, compile=True, seed=1337,
-                     eval_windows=None, min_chars_per_token=1.2, min_llama_ratio=1.5, unigram_margin=None,
-                     reference_margin=None, resume_demo_steps=20, cpt_corpus="idioms", cpt_steps=200, cpt_lr=3e-4,
-                     cpt_margin=None),
+                     eval_windows=None, resume_demo_steps=20, cpt_corpus="idioms", cpt_steps=200, cpt_lr=3e-4),
     },
     "06_sft": {
-        # 监督微调（course_lib.sft.train_sft）：从参考基座模型出发全参数微调。tiny：200 步 × 16 条对话（约 25 万个 token）。
-        # 实测（留出的测试题）：150 步时格式正确率 0.97、情感准确率 0.67（100 题），闲聊几乎只会一句「我不能帮你」；250 步时
-        # 格式 1.00、情感 0.75（40 题），能答「我叫小雁」。200 步是 2 核 CPU 上约 90 秒的折中。150 步时 lr=1.5e-3 验证损失略高（3.27 vs 3.12），
-        # lr=3e-3（120 步）学不会情感题（全答「正面」）。per_example_loss=True（每条样本平均损失再平均）让只有两个 token 的
-        # 情感回答不被长回答淹没：在训练到一半的基座模型上 80 步实测，格式正确率 0.89 → 0.98。
+        # 监督微调（course_lib.sft.train_sft）：从参考基座模型出发全参数微调。tiny：200 步 × 16 条对话（约 25 万个 token），
+        # 是 2 核 CPU 上约 90 秒的折中（150 步闲聊几乎只会一句「我不能帮你」，250 步能答「我叫小雁」）。
+        # lr=1.5e-3 验证损失略高（3.27 vs 3.12），lr=3e-3 学不会情感题（全答「正面」）。per_example_loss=True（每条样本平均
+        # 损失再平均）让只有两个 token 的情感回答不被长回答淹没（80 步实测格式正确率 0.89 → 0.98）。
         # max_new_tokens：评测时每条回复最多生成多少个 token。small、full 两档尚未在 GPU 上实测。
         "tiny": dict(max_len=160, batch_size=16, max_steps=200, lr=1e-3, min_lr_ratio=0.1, warmup_steps=10,
                      weight_decay=0.0, grad_clip=1.0, eval_interval=50, seed=1337, per_example_loss=True,
@@ -137,55 +115,43 @@ CHAPTERS: dict[str, dict[str, dict]] = {
         # LoRA（course_lib.lora）与 peft：从第 06 章的 SFT 模型出发，在情感分类题上微调。训练用 sft.train_sft（多余的键忽略）。
         # targets：装 LoRA 的线性层；alpha / r 是缩放（比较不同秩时保持 alpha / r 不变）；lr 给 LoRA，full_lr 给全量微调。
         # ranks：7.8 节比较的秩（每种做法都训练 max_steps 步）；val_size：验证集情感题条数；max_new_tokens：评测时回复最多几个 token。
-        # tiny 实测（2 核 CPU，200 步的 SFT 模型 → 24 步 × 批 8）：SFT 的 200 条验证题损失 0.1596、test 准确率 0.65；
-        # LoRA r=8：lr=1e-3 → 0.1585–0.1595（两个初始化种子，准确率 0.67–0.69），5e-4 → 0.1592，2e-3 → 0.1608；
-        # r=2 → 0.1593，r=32 → 0.1609；全量微调 full_lr=1e-4 → 0.1626（在更早的 SFT 模型上 2e-4、3e-4 明显变差）。
-        # 断言阈值：acc_min（LoRA 的 test 准确率下限）、val_max_rise（LoRA 的验证损失最多比 SFT 高多少：没有把模型带坏）、
-        # full_gap（LoRA 与全量微调验证损失之差的上限）、peft_tol（peft 与手写 LoRA 同起点、同数据时逐步损失的最大差，实测约 1e-7）。
-        # small、full 两档尚未在 GPU 上实测，不设阈值（None）。
+        # tiny 的学习率（2 核 CPU，24 步后的验证损失）：LoRA r=8 的 lr=1e-3 → 0.1585–0.1595，5e-4 → 0.1592，2e-3 → 0.1608；
+        # 全量微调 full_lr=1e-4 → 0.1626（2e-4、3e-4 明显变差）。
         "tiny": dict(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), r=8, alpha=16,
                      dropout=0.0, max_len=160, batch_size=8, max_steps=24, lr=1e-3, full_lr=1e-4, min_lr_ratio=0.1,
                      warmup_steps=2, weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=1337, per_example_loss=True,
-                     ranks=(2, 8, 32), val_size=200, max_new_tokens=4, acc_min=0.6, val_max_rise=0.005, full_gap=0.01,
-                     peft_tol=1e-4),
+                     ranks=(2, 8, 32), val_size=200, max_new_tokens=4),
         "small": dict(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), r=8, alpha=16,
                       dropout=0.05, max_len=256, batch_size=32, max_steps=400, lr=1e-3, full_lr=1e-4, min_lr_ratio=0.1,
                       warmup_steps=20, weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=1337, per_example_loss=True,
-                      ranks=(2, 8, 32), val_size=400, max_new_tokens=4, acc_min=None, val_max_rise=None, full_gap=None,
-                      peft_tol=None),
+                      ranks=(2, 8, 32), val_size=400, max_new_tokens=4),
         "full": dict(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), r=16, alpha=32,
                      dropout=0.05, max_len=256, batch_size=64, max_steps=800, lr=1e-3, full_lr=1e-4, min_lr_ratio=0.1,
                      warmup_steps=40, weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=1337, per_example_loss=True,
-                     ranks=(2, 8, 32), val_size=400, max_new_tokens=4, acc_min=None, val_max_rise=None, full_gap=None,
-                     peft_tol=None),
+                     ranks=(2, 8, 32), val_size=400, max_new_tokens=4),
     },
     "08_quantization": {
-        # 量化（course_lib.quant）与 bitsandbytes。small、full 两档尚未在 GPU 上实测（断言范围沿用 tiny 的）。
-        # tiny 实测（2 核 CPU，最终参考模型 + 第 06 章 150 步的 SFT）：8 比特困惑度变化 < 0.4%，4 比特 < 1.3%；64 道 test 题上
-        # 五种整数量化的任务准确率与 fp32 相同（34.4%），bf16 多对 1 道；QLoRA 12 步 SFT 验证损失 8.24 → 5.15。
+        # 量化（course_lib.quant）与 bitsandbytes。small、full 两档尚未在 GPU 上实测。
         # ppl_windows：验证困惑度用的 256-token 窗口数；kl_windows：算与 fp32 的 KL 用的窗口数；
         # eval_subset：test 划分里固定的评测子集（每种任务取前几道，None = 全部）；speed_*：生成速度（token/秒）的测法；
-        # ppl_ratio_* / acc_drop_4bit / qlora_min_drop：notebook 断言的范围（由实测定出）；qlora：QLoRA 的训练配置。
+        # qlora：QLoRA 的训练配置。
         "tiny": dict(group_size=64, ppl_windows=16, kl_windows=4, eval_subset=dict(sentiment=32, arithmetic=16,
                      idiom_pinyin=8, idiom_chain=8), max_new_tokens=24, speed_tokens=32, speed_repeats=3,
-                     bnb_compute_dtype="float32", ppl_ratio_8bit=1.01, ppl_ratio_4bit=1.05, acc_drop_8bit=0.08, acc_drop_4bit=0.15,
-                     qlora_min_drop=1.0,
+                     bnb_compute_dtype="float32",
                      qlora=dict(r=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                         "down_proj"], train_examples=512, max_len=128, batch_size=8,
                                 max_steps=12, lr=3e-3, min_lr_ratio=0.1, warmup_steps=2, weight_decay=0.0,
                                 grad_clip=1.0, eval_interval=12, seed=1337)),
         "small": dict(group_size=64, ppl_windows=200, kl_windows=16, eval_subset=dict(sentiment=100, arithmetic=50,
                       idiom_pinyin=30, idiom_chain=30), max_new_tokens=32, speed_tokens=64,
-                      speed_repeats=3, bnb_compute_dtype="bfloat16", ppl_ratio_8bit=1.02, ppl_ratio_4bit=1.25,
-                      acc_drop_8bit=0.05, acc_drop_4bit=0.25, qlora_min_drop=0.3,
+                      speed_repeats=3, bnb_compute_dtype="bfloat16",
                       qlora=dict(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                           "up_proj", "down_proj"], train_examples=4000, max_len=256,
                                  batch_size=16, max_steps=200, lr=1e-3, min_lr_ratio=0.1, warmup_steps=20,
                                  weight_decay=0.0, grad_clip=1.0, eval_interval=50, seed=1337)),
         "full": dict(group_size=64, ppl_windows=None, kl_windows=32, eval_subset=dict(sentiment=None, arithmetic=None,
                      idiom_pinyin=None, idiom_chain=None), max_new_tokens=48, speed_tokens=128,
-                     speed_repeats=3, bnb_compute_dtype="bfloat16", ppl_ratio_8bit=1.02, ppl_ratio_4bit=1.25,
-                     acc_drop_8bit=0.05, acc_drop_4bit=0.25, qlora_min_drop=0.3,
+                     speed_repeats=3, bnb_compute_dtype="bfloat16",
                      qlora=dict(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                          "up_proj", "down_proj"], train_examples=None, max_len=256,
                                 batch_size=32, max_steps=500, lr=1e-3, min_lr_ratio=0.1, warmup_steps=50,
@@ -194,18 +160,12 @@ CHAPTERS: dict[str, dict[str, dict]] = {
     "09_chat": {
         # 对话（course_lib.chat）。temperature…max_new_tokens：ChatSession 的默认采样参数；bench_new_tokens：测 KV 缓存提速时
         # 生成多少个 token；rep_prompts × rep_new_tokens：测重复惩罚的测试集续写；eval_questions：测「说完就停」的测试题数。
-        # 断言的范围（tiny 在 2 核 CPU 上实测，最终版参考模型 + 150 步的 SFT 模型）：KV 缓存提速 4.0–6.0 倍（机器忙时也有 4 倍）→ 下限 2；
-        # 重复惩罚 1.3 让 distinct-4 从 0.375 升到 0.958（+0.58）→ 下限 +0.3；SFT 模型 18 道测试题 94% 以 <|im_end|> 结束
-        # （基座模型 0%；100 步的 SFT 模型 100%）→ 下限 0.8。small、full 两档尚未在 GPU 上实测（GPU 上小模型每步的开销几乎与长度无关，提速下限设为 1）。
         "tiny": dict(temperature=0.7, top_k=None, top_p=0.9, repetition_penalty=1.1, max_new_tokens=48,
-                     bench_new_tokens=120, rep_prompts=6, rep_new_tokens=48, eval_questions=18,
-                     cache_speedup_min=2.0, distinct_gain_min=0.3, stop_rate_min=0.8),
+                     bench_new_tokens=120, rep_prompts=6, rep_new_tokens=48, eval_questions=18),
         "small": dict(temperature=0.7, top_k=None, top_p=0.9, repetition_penalty=1.1, max_new_tokens=128,
-                      bench_new_tokens=192, rep_prompts=32, rep_new_tokens=96, eval_questions=96,
-                      cache_speedup_min=1.0, distinct_gain_min=0.3, stop_rate_min=0.8),
+                      bench_new_tokens=192, rep_prompts=32, rep_new_tokens=96, eval_questions=96),
         "full": dict(temperature=0.7, top_k=None, top_p=0.9, repetition_penalty=1.1, max_new_tokens=128,
-                     bench_new_tokens=192, rep_prompts=64, rep_new_tokens=96, eval_questions=192,
-                     cache_speedup_min=1.0, distinct_gain_min=0.3, stop_rate_min=0.8),
+                     bench_new_tokens=192, rep_prompts=64, rep_new_tokens=96, eval_questions=192),
     },
 }
 

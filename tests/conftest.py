@@ -2,17 +2,48 @@ import os
 
 import pytest
 import torch
+import zmq
 
 # 测试（包括 nbval 执行的 notebook）默认用 tiny profile：结果与提交的输出可比，GPU 机器上也不会跑成 small。
 # 想在 GPU 上用别的档位测试：COURSE_PROFILE=small pytest
 os.environ.setdefault("COURSE_PROFILE", "tiny")
 
 
+def _unbounded_iopub_client():
+    """nbval 的内核客户端：接收队列不设上限（ZMQ_RCVHWM = 0），一条 iopub 消息都不丢。
+
+    nbval（0.11，plugin.py 的 IPyNbCell.runcell）先在 shell 通道上等格子执行完（最多 --nbval-cell-timeout 秒），
+    之后才去读 iopub 通道上的输出和最后的 idle 状态（每条最多等 output_timeout 秒）。格子执行期间没有人读 iopub，
+    消息全堆在 ZMQ 的队列里；内核的 XPUB 发送队列和客户端的 SUB 接收队列默认各只容 1000 条，满了就静默丢弃。
+    进度条（tqdm 的 ipywidgets 版每 0.1 秒发几条 comm 消息）在慢机器上跑两三分钟就能堆满：最后那条 idle 被丢掉，
+    nbval 等不到，报「Timeout of N seconds exceeded waiting for output」——格子本身其实早已正常结束。
+    接收队列不设上限后，客户端的 ZMQ 后台线程随到随收，内核那边的队列永远不会满。
+    """
+    try:
+        import nbval.kernel
+    except ImportError:  # 没装 nbval：不跑 notebook，也就不需要
+        return
+
+    class KernelManager(nbval.kernel.KernelManager):
+        def client(self, **kwargs):
+            kc = super().client(**kwargs)  # nbval 拿到客户端之后才 start_channels()，那时才建套接字
+            kc.context.setsockopt(zmq.RCVHWM, 0)  # 客户端自己的 context：之后建的套接字（包括 iopub）都不限接收队列
+            return kc
+
+    nbval.kernel.KernelManager = KernelManager  # start_new_kernel 按模块里的名字取 KernelManager
+
+
+_unbounded_iopub_client()
+
+
 def pytest_collection_modifyitems(config, items):
+    # output_timeout 不是「格子多久没输出」：nbval 在格子执行完（shell 通道回复）之后才读 iopub，这是等每一条剩下的
+    # 输出和最后的 idle 状态的时限（nbval 写死 5 秒）。长格子执行期间攒下的几千条消息，内核要在这之后才发完；
+    # 又慢又忙的机器上这可能要很久，所以给它和执行同样的时限（pyproject 里的 --nbval-cell-timeout）。
+    cell_timeout = config.getoption("nbval_cell_timeout", default=None)
     for item in items:
-        # nbval 在格子执行完后只等 5 秒输出消息（写死在 NbCellItem 里）；机器很忙时不够，放宽到 60 秒。
-        if hasattr(item, "output_timeout"):
-            item.output_timeout = 60
+        if hasattr(item, "output_timeout") and cell_timeout:
+            item.output_timeout = cell_timeout
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="需要 CUDA GPU（CI 上没有）")

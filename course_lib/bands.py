@@ -1,0 +1,147 @@
+"""每章 notebook 断言的结果范围（band）：训练、微调、量化之后「应该达到多好」，都是实测出来的数字。
+
+产生结果的设置（超参数）在 course_lib/profiles.py 的 CHAPTERS 里；这里只放断言用的界限，和定出它们的那次实测：
+
+- BANDS[章][profile]：notebook 里 `bands = chapter_bands("03_gpt")` 读到的就是这一档的字典；
+  值为 None 表示这一档还没有实测，notebook 跳过这条断言（只保留不依赖实测的检查）。
+- MEASURED[章]：run 说明是哪次运行（哪一档、什么机器、多少步），其余每个键写「实测值 → 界限（余量）」。
+
+改了 CHAPTERS 里的设置，就要重新实测、同时更新这里的数字和记录。
+"""
+from __future__ import annotations
+
+from .profiles import active_profile
+
+BANDS: dict[str, dict[str, dict]] = {
+    "01_bigram": {
+        "tiny": dict(best_alpha_range=(0.003, 0.1), learned_gap_max=0.25),
+        "small": dict(best_alpha_range=(0.003, 0.1), learned_gap_max=0.25),
+        "full": dict(best_alpha_range=(0.003, 0.1), learned_gap_max=0.25),
+    },
+    "02_self_attention": {
+        "tiny": dict(val_loss_max=4.85),
+        "small": dict(val_loss_max=None),
+        "full": dict(val_loss_max=None),
+    },
+    "03_gpt": {
+        "tiny": dict(bigram_margin=0.09, overfit_gap_max=0.2),
+        "small": dict(bigram_margin=None, overfit_gap_max=0.2),
+        "full": dict(bigram_margin=None, overfit_gap_max=0.2),
+    },
+    "04_llama2": {
+        "tiny": dict(llama_gain_min=0.15, kv_speedup_min=2.0),
+        "small": dict(llama_gain_min=None, kv_speedup_min=None),
+        "full": dict(llama_gain_min=None, kv_speedup_min=None),
+    },
+    "05_pretraining": {
+        "tiny": dict(min_chars_per_token=1.2, min_llama_ratio=1.5, unigram_margin=0.4, reference_margin=0.6,
+                     cpt_margin=1.5),
+        "small": dict(min_chars_per_token=1.2, min_llama_ratio=1.5, unigram_margin=None, reference_margin=None,
+                      cpt_margin=None),
+        "full": dict(min_chars_per_token=1.2, min_llama_ratio=1.5, unigram_margin=None, reference_margin=None,
+                     cpt_margin=None),
+    },
+    "06_sft": {
+        "tiny": dict(base_format_max=0.1, format_ok_min=0.9, sentiment_format_min=0.95, sentiment_acc_min=0.58),
+        "small": dict(base_format_max=0.1, format_ok_min=0.9, sentiment_format_min=0.95, sentiment_acc_min=0.58),
+        "full": dict(base_format_max=0.1, format_ok_min=0.9, sentiment_format_min=0.95, sentiment_acc_min=0.58),
+    },
+    "07_lora": {
+        "tiny": dict(acc_min=0.6, val_max_rise=0.005, full_gap=0.01, peft_tol=1e-4),
+        "small": dict(acc_min=None, val_max_rise=None, full_gap=None, peft_tol=None),
+        "full": dict(acc_min=None, val_max_rise=None, full_gap=None, peft_tol=None),
+    },
+    "08_quantization": {
+        "tiny": dict(ppl_ratio_8bit=1.01, ppl_ratio_4bit=1.05, acc_drop_8bit=0.08, acc_drop_4bit=0.15,
+                     qlora_min_drop=1.0),
+        "small": dict(ppl_ratio_8bit=1.02, ppl_ratio_4bit=1.25, acc_drop_8bit=0.05, acc_drop_4bit=0.25,
+                      qlora_min_drop=0.3),
+        "full": dict(ppl_ratio_8bit=1.02, ppl_ratio_4bit=1.25, acc_drop_8bit=0.05, acc_drop_4bit=0.25,
+                     qlora_min_drop=0.3),
+    },
+    "09_chat": {
+        "tiny": dict(cache_speedup_min=2.0, distinct_gain_min=0.3, stop_rate_min=0.8),
+        "small": dict(cache_speedup_min=1.0, distinct_gain_min=0.3, stop_rate_min=0.8),
+        "full": dict(cache_speedup_min=1.0, distinct_gain_min=0.3, stop_rate_min=0.8),
+    },
+}
+
+# 定出每条界限的实测。「余量」留给不同的机器、线程数、PyTorch 版本和机器负载。
+MEASURED: dict[str, dict[str, str]] = {
+    "01_bigram": {
+        "run": "tiny，2 核 CPU：计数模型扫 α；BigramLM 训练 50 步。small 的 300 步也在 CPU 上跑过一次。",
+        "best_alpha_range": "验证集上最好的 α：tiny 0.03 → 要求在 [0.003, 0.1] 内（各差 10 倍以内）",
+        "learned_gap_max": "学到的模型比最好的计数模型差：tiny 4.837 − 4.679 = 0.158，small 4.785 − 4.736 = 0.05 → 上限 0.25",
+    },
+    "02_self_attention": {
+        "run": "tiny，2 核 CPU：1 层 GPT 训练 1500 步。",
+        "val_loss_max": "验证损失 4.752 → 上限 4.85（余量 0.1）；small、full 尚无实测",
+    },
+    "03_gpt": {
+        "run": "tiny，空闲的 2 核 CPU：4 层 GPT，1600 步 × 16×64 个字（约 123 秒）。",
+        "bigram_margin": "整个验证集 4.540，最好的二元模型 4.679：低 0.139 nats → 要求至少低 0.09；small、full 尚无实测",
+        "overfit_gap_max": "最后一次评估：验证 4.564 − 训练 4.449 = 0.115 → 上限 0.2",
+    },
+    "04_llama2": {
+        "run": "tiny，2 核 CPU：GPT 与 Llama 同宽、同深、同数据，各 500 步 × 16×64 个字，种子 1337 / 1 / 2；"
+               "KV 缓存用参考模型测（128 个 token 的提示，再生成 60 个）。",
+        "llama_gain_min": "整个验证集：GPT 5.051 / 5.045 / 5.086，Llama 4.812 / 4.820 / 4.848——每个种子 Llama 都低 0.22–0.24，"
+                          "同一模型不同种子只差 0.04 → 要求至少低 0.15；small、full 尚无实测",
+        "kv_speedup_min": "端到端贪心生成：整段重算 1.02 秒，KV 缓存 0.20 秒，快 5.0 倍 → 下限 2（机器忙时也够）；"
+                          "small、full 尚无实测",
+    },
+    "05_pretraining": {
+        "run": "tiny，2 核 CPU，OMP_NUM_THREADS=1：分词器在 50 万字上训练（词表 4800）；预训练 250 步；"
+               "在成语语料上继续预训练 40 步。分词器的两项也在 mix 语料 + 词表 6400（small、full 的设置）上测过。",
+        "min_chars_per_token": "BPE 每个 token 1.295 个字（mix + 6400：1.272）→ 下限 1.2（三档都断言）",
+        "min_llama_ratio": "「只认识 700 个汉字」的分词器多用 1.64 倍 token（mix：1.67）→ 下限 1.5（三档都断言）",
+        "unigram_margin": "验证损失 6.69，一元模型 7.25：低 0.56 → 要求至少低 0.4；small、full 尚无实测",
+        "reference_margin": "同一段新闻验证文本每字损失：本章模型 5.23，参考模型 4.29（低 0.94）→ 要求至少低 0.6；"
+                            "small、full 尚无实测（GPU 档训练得比参考模型还久，不一定更差）",
+        "cpt_margin": "成语验证损失 7.91 → 5.73（降 2.18）→ 要求至少降 1.5；small、full 尚无实测",
+    },
+    "06_sft": {
+        "run": "tiny，2 核 CPU：参考基座模型 SFT 200 步 × 16 条对话；测试集全部 254 道题"
+               "（另在 150 步、250 步上各测过一次）。",
+        "base_format_max": "基座模型的回复以 <|im_end|> 结束的比例 0.00 → 上限 0.1（三档都断言）",
+        "format_ok_min": "微调后 0.99（150 步：0.97，250 步：1.00）→ 下限 0.9（三档都断言）",
+        "sentiment_format_min": "情感题格式正确 1.00 → 下限 0.95（三档都断言）",
+        "sentiment_acc_min": "情感准确率 0.65（100 题；150 步：0.67，250 步：0.75）→ 下限 0.58，"
+                             "明显高于随机猜测的 0.5（三档都断言）",
+    },
+    "07_lora": {
+        "run": "tiny，2 核 CPU：从 200 步的 SFT 模型出发，LoRA r=8 训练 24 步 × 批 8；200 条验证题，测试集情感题。",
+        "acc_min": "LoRA 的测试准确率 0.67–0.69（两个初始化种子；SFT 模型 0.65）→ 下限 0.6；small、full 尚无实测",
+        "val_max_rise": "验证损失：SFT 0.1596，LoRA 0.1585–0.1595（没有升高）→ 最多升高 0.005；small、full 尚无实测",
+        "full_gap": "全量微调（full_lr=1e-4）0.1626，LoRA 约 0.159：差约 0.003 → 上限 0.01；small、full 尚无实测",
+        "peft_tol": "同起点、同数据时 peft 与手写 LoRA 逐步损失之差约 1e-7（float32 舍入）→ 上限 1e-4；"
+                    "small、full 有 dropout（两边随机掩码不同），不断言",
+    },
+    "08_quantization": {
+        "run": "tiny，2 核 CPU：最终参考模型 + 第 06 章 150 步的 SFT 模型；16 个 256-token 窗口的验证困惑度，"
+               "64 道测试题的任务准确率；QLoRA 12 步。",
+        "ppl_ratio_8bit": "8 比特各方案困惑度升高 < 0.4% → 上限 ×1.01；small、full 尚无实测，事先定为 ×1.02",
+        "ppl_ratio_4bit": "4 比特各方案困惑度升高 < 1.3% → 上限 ×1.05；small、full 尚无实测，事先定为 ×1.25",
+        "acc_drop_8bit": "五种整数量化的任务准确率都与 fp32 相同（34.4%；bf16 多对 1 道，1 道 = 1.6%）→ 最多降 0.08；"
+                         "small、full 尚无实测，事先定为 0.05",
+        "acc_drop_4bit": "同上（4 比特也与 fp32 相同）→ 最多降 0.15；small、full 尚无实测，事先定为 0.25",
+        "qlora_min_drop": "QLoRA 12 步后 SFT 验证损失 8.24 → 5.15（降 3.09）→ 要求至少降 1.0；"
+                          "small、full 尚无实测，事先定为 0.3",
+    },
+    "09_chat": {
+        "run": "tiny，2 核 CPU：最终参考模型 + 150 步的 SFT 模型；生成 120 个 token 测 KV 缓存，"
+               "6 条测试集续写测重复惩罚，18 道测试题测「说完就停」。",
+        "cache_speedup_min": "KV 缓存提速 4.0–6.0 倍（机器忙时也有 4 倍；最近一次提交的输出 3.5 倍）→ 下限 2；"
+                             "small、full 尚无实测：GPU 上小模型每步的开销几乎与长度无关，下限设为 1",
+        "distinct_gain_min": "重复惩罚 1.3 让 distinct-4 从 0.375 升到 0.958（+0.58）→ 下限 +0.3（三档都断言）",
+        "stop_rate_min": "SFT 模型 94% 的回复以 <|im_end|> 结束（基座模型 0%，100 步的 SFT 模型 100%）→ 下限 0.8（三档都断言）",
+    },
+}
+
+
+def chapter_bands(chapter: str, profile: str | None = None) -> dict:
+    """某一章在当前 profile 下断言的结果范围（一个新的 dict）。None 表示这一档尚无实测，不断言。"""
+    if chapter not in BANDS:
+        raise KeyError(f"第 {chapter!r} 章没有断言的结果范围；有范围的章：{', '.join(BANDS)}。")
+    return dict(BANDS[chapter][active_profile(profile)])
+
