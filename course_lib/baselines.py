@@ -14,14 +14,13 @@ SnowNLP 的分词是纯 Python 实现，很慢（一个核每秒几千字，训�
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
 from collections.abc import Sequence
 
 from .data import load_reviews
-from .files import atomic_write_json, read_text_utf8
+from .files import atomic_write_json, read_json
 from .paths import cache_dir
 
 SEG_CACHE_VERSION = 1
@@ -40,6 +39,16 @@ def _cache_path():
     snownlp, _ = _snownlp()
     version = getattr(snownlp, "__version__", "unknown")
     return cache_dir() / "snownlp" / f"review_words_v{SEG_CACHE_VERSION}_snownlp{version}.json"
+
+
+def _read_cache(path) -> dict[str, list[str]]:
+    """读分词缓存 {"version", "words": {评论: [词, ...]}}；坏了就说清楚删掉它即可（下次运行重新分词）。"""
+    fix = f"这只是缓存：删掉它（rm {path}）再运行一次就会重新分词生成（要一两分钟）。"
+    obj = read_json(path, "SnowNLP 分词缓存", fix)
+    words = obj.get("words") if isinstance(obj, dict) else None
+    if not isinstance(words, dict):
+        raise ValueError(f"{path} 里没有 \"words\" 字段（评论 → 分词结果），缓存不完整。{fix}")
+    return words
 
 
 _WORKER = None
@@ -83,7 +92,7 @@ class SnowNLPSentiment:
         self._words_cache: dict[str, list[str]] = {}
         self._dirty = False
         if cache and _cache_path().exists():
-            self._words_cache = json.loads(read_text_utf8(_cache_path()))["words"]
+            self._words_cache = _read_cache(_cache_path())
         self.fitted = False
 
     def _words(self, text: str) -> list[str]:

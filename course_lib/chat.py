@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator
 
 from .chat_format import DEFAULT_SYSTEM, IM_END, encode_chat, format_chat, sanitize, validate_messages
-from .files import decode_utf8
+from .files import check_utf8, decode_utf8
 from .generate import Sampling, StreamDecoder, check_max_new_tokens, stream
 from .hf_adapter import HFCausalLM
 
@@ -140,6 +140,7 @@ def as_text(message, what: str = "消息") -> str:
         message = decode_utf8(bytes(message), source=what)
     if not isinstance(message, str):
         raise TypeError(f"{what}必须是字符串（或 UTF-8 编码的 bytes），收到 {type(message).__name__}。")
+    check_utf8(message, source=what)  # 终端不是 UTF-8 时，坏字节会变成落单的代理字符
     if not message.strip():
         raise ValueError(f"{what}是空的：请输入一些文字再发送。")
     return message
@@ -189,6 +190,8 @@ class ChatSession:
         """换系统提示（历史保留）。None 或 "" 表示不用系统提示。太长（加上一条空的用户消息就占满提示的上限）时报错。"""
         if system is not None and not isinstance(system, str):
             raise TypeError(f"系统提示必须是字符串（或 None），收到 {type(system).__name__}。")
+        if system:
+            check_utf8(system, source="系统提示")
         old, self.system = self.system, (system or None)
         n = len(self._encode([], ""))
         if n >= self.prompt_budget:

@@ -1,12 +1,11 @@
 """第 09 章：读取一个能对话的模型——课程自己的格式、Hugging Face 格式，或第 06 章的 SFT 模型（默认）。"""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .files import read_text_utf8
+from .files import read_json
 
 
 def _is_course_folder(meta: dict) -> bool:
@@ -37,10 +36,7 @@ def load_chat_model(path: str | Path | None = None, device: str | torch.device =
     config = folder / "config.json"
     meta = None
     if config.exists():
-        try:
-            meta = json.loads(read_text_utf8(config))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config} 不是合法的 JSON（{e}）：文件可能损坏了。") from None
+        meta = read_json(config, "模型配置", "文件可能损坏了：请重新保存或重新下载这个模型。")
     if isinstance(meta, dict) and _is_course_folder(meta):
         return _load_course(folder, device)
     if isinstance(meta, dict) and "model_type" in meta:
@@ -70,6 +66,11 @@ def _load_transformers(name, device):
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
         raise ImportError("读取 Hugging Face 格式的模型需要 transformers：pip install 'transformers>=5'") from None
+    folder = Path(name)
+    if folder.is_dir() and not list(folder.glob("*.safetensors")) and list(folder.glob("pytorch_model*.bin")):
+        raise ValueError(f"{folder} 里只有 pytorch_model.bin（pickle 格式，加载时可能执行任意代码），课程不加载它。"
+                         "请在你信任这个文件的环境里把它转成 safetensors：AutoModelForCausalLM.from_pretrained(文件夹)"
+                         ".save_pretrained(新文件夹, safe_serialization=True)，再用新文件夹。")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name))
         model = AutoModelForCausalLM.from_pretrained(str(name), dtype=torch.float32).to(device).eval()

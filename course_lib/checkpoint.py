@@ -6,8 +6,8 @@ safetensors 只存张量，加载时不会执行任何代码（不像 pickle）�
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +16,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .files import atomic_open, atomic_write_bytes, atomic_write_json, read_text_utf8
+from .checks import check_shapes
+from .files import (atomic_folder, atomic_open, atomic_write_bytes, atomic_write_json, read_json, read_safetensors,
+                    write_error)
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -74,29 +76,83 @@ def save_model(model: torch.nn.Module, folder: str | Path, extra: dict | None = 
     tensors = unique_state_dict(model)
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    atomic_write_bytes(folder / WEIGHTS, st_save(tensors))
-    atomic_write_json(folder / CONFIG, {"model_type": kind, "config": model.config.to_dict(), **(extra or {})})
+    # 权重和 config.json 一起换上：写到一半出错（磁盘满），文件夹里仍是旧的那一对，不会新权重配旧 config。
+    # 同一文件夹里的其他文件（例如分词器）原样保留。
+    with atomic_folder(folder, keep=lambda name: name not in (WEIGHTS, CONFIG)) as tmp:
+        atomic_write_bytes(tmp / WEIGHTS, st_save(tensors))
+        atomic_write_json(tmp / CONFIG, {"model_type": kind, "config": model.config.to_dict(), **(extra or {})})
     return folder
 
 
+_RESAVE = "请把同一次 save_model 保存的 config.json 和 model.safetensors 放在一起，或者重新 save_model(model, folder)。"
+
+
+def _check_model_folder(folder: Path) -> None:
+    """folder 不存在、是个文件、缺 config.json 或缺 model.safetensors：各给一条说清楚怎么回事的 FileNotFoundError。"""
+    if not folder.exists():
+        raise FileNotFoundError(f"找不到文件夹 {folder}（路径不存在），所以它不是 course_lib 保存的模型文件夹。"
+                                "请检查路径是否写对；模型要先用 save_model(model, folder) 保存。")
+    if not folder.is_dir():
+        hint = f"请传它所在的文件夹：load_model({str(folder.parent)!r})。" if folder.name in (WEIGHTS, CONFIG) else ""
+        raise FileNotFoundError(f"{folder} 是一个文件，不是文件夹，所以不是 course_lib 保存的模型文件夹"
+                                f"（load_model 要的是 save_model 保存的文件夹，里面有 {CONFIG} 和 {WEIGHTS}）。{hint}")
+    has_config, has_weights = (folder / CONFIG).exists(), (folder / WEIGHTS).exists()
+    if has_config and not has_weights:
+        return  # 先读 config.json：Hugging Face 的分片模型也只有 config.json，要提示用 import_hf（见 load_model）
+    if has_weights and not has_config:
+        raise FileNotFoundError(f"{folder} 里有权重 {WEIGHTS}，却缺少 {CONFIG}（模型的结构：几层、多宽、词表多大）："
+                                f"没有它就不知道该建一个什么样的模型。请把保存时的 {CONFIG} 一起复制过来，或者重新 save_model(model, folder)。")
+    if not has_config:
+        names = sorted(p.name for p in folder.iterdir())
+        if any(p.name.startswith("step_") and p.name[5:].isdigit() for p in folder.iterdir()):
+            hint = ("它像是 Trainer 的 checkpoint_dir（里面是 step_XXXXXX 检查点）：请加载其中一个，"
+                    "例如 load_model(latest_checkpoint(folder))（latest_checkpoint 在 course_lib.train 里）。")
+        elif {"pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json"} & set(names):
+            hint = "它像是 Hugging Face 格式的模型文件夹，请用 course_lib.hf.import_hf(folder) 加载。"
+        else:
+            hint = f"文件夹里有：{', '.join(names[:8]) or '（空）'}。请检查路径；模型要先用 save_model(model, folder) 保存。"
+        raise FileNotFoundError(f"{folder} 里没有 {CONFIG} 和 {WEIGHTS}，不是 course_lib 保存的模型文件夹。{hint}")
+
+
+def _build_config(cfg_cls, cfg, path: Path):
+    """按 config.json 里的 "config" 建 GPTConfig / LlamaConfig；字段不认识或缺了必填的，给出中文错误而不是 TypeError。"""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} 里的 \"config\" 应该是一个对象（字段名 → 值），收到的是 {type(cfg).__name__}。{_RESAVE}")
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(cfg) - set(fields))
+    missing = sorted(n for n, f in fields.items() if n not in cfg
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    if unknown or missing:
+        parts = ([f"有 {cfg_cls.__name__} 不认识的字段 {unknown}"] if unknown else []) + \
+                ([f"缺少必填的字段 {missing}"] if missing else [])
+        raise ValueError(f"{path} 的 \"config\" {'，'.join(parts)}（{cfg_cls.__name__} 的字段是：{', '.join(fields)}）。"
+                         "这个文件可能被手工改过，或者是另一个版本的 course_lib 保存的。"
+                         "请用保存它时的 course_lib 版本加载，或者改正这些字段后重试，或者重新 save_model。")
+    return cfg_cls(**cfg)
+
+
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """加载 save_model 保存的模型；文件缺失、损坏或与结构不符时给出中文错误。"""
+    """加载 save_model 保存的模型。
+
+    文件夹不存在、缺 config.json 或 model.safetensors、文件损坏、config 的字段不对、权重与结构不符，
+    各有一条说清楚怎么回事、怎么办的中文错误。
+    """
     folder = Path(folder)
-    if not (folder / CONFIG).exists() or not (folder / WEIGHTS).exists():
-        raise FileNotFoundError(f"{folder} 里没有 {CONFIG} 和 {WEIGHTS}，不是 course_lib 保存的模型文件夹。")
-    meta = json.loads(read_text_utf8(folder / CONFIG))
-    if "config" not in meta:
+    _check_model_folder(folder)
+    meta = read_json(folder / CONFIG, "模型配置", _RESAVE)
+    if not isinstance(meta, dict) or "config" not in meta:
         raise ValueError(f"{folder} 看起来是 Hugging Face 格式的模型文件夹（config.json 里没有 course_lib 的 \"config\" 字段）。"
                          "请用 course_lib.hf.import_hf(folder) 加载。")
+    if not (folder / WEIGHTS).exists():
+        raise FileNotFoundError(f"{folder} 里有 {CONFIG}，却缺少权重文件 {WEIGHTS}：保存多半被中断了，或者复制时漏了这个文件。"
+                                f"请把 {WEIGHTS} 一起复制过来，或者重新 save_model(model, folder)。")
     types = _model_types()
     if meta.get("model_type") not in types:
         raise ValueError(f"{folder / CONFIG} 的 model_type={meta.get('model_type')!r} 不认识；支持：{', '.join(types)}。")
     cls, cfg_cls = types[meta["model_type"]]
-    model = cls(cfg_cls(**meta["config"]))
-    try:
-        tensors = st_load((folder / WEIGHTS).read_bytes())
-    except Exception as e:
-        raise ValueError(f"{folder / WEIGHTS} 损坏或不完整，无法读取（{e}）。请重新保存或重新下载。") from None
+    model = cls(_build_config(cfg_cls, meta["config"], folder / CONFIG))
+    tensors = read_safetensors(folder / WEIGHTS, "权重文件", "请重新保存（save_model）或重新下载。")
+    check_shapes(model.state_dict(), tensors, f" {WEIGHTS} ", CONFIG, f"这两个文件不是同一次保存的。{_RESAVE}")
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     tied = {n for n in missing if n == "lm_head.weight" and model.config.tie_weights}
     if set(missing) - tied or unexpected:
@@ -149,7 +205,10 @@ def write_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module,
     target = root / f"step_{step:06d}"
     tmp = root / f".tmp_{target.name}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:  # 只读、路径是文件、磁盘满：说清楚是哪个路径、怎么办
+        raise write_error(e, root) from None
     if model_kind(model) is not None:
         save_model(model, tmp, extra={"step": step})
     else:  # 课程以外的模型（例如包了 LoRA 的 transformers 模型）：只存权重（共享的权重同样只存一份）

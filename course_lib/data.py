@@ -25,13 +25,12 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
-import json
 import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import atomic_write_text, decode_utf8, read_text_utf8
+from .files import atomic_write_text, check_utf8, read_json, read_jsonl, read_text_utf8
 from .paths import cache_dir
 
 CLEAN_VERSION = 1  # 改了清洗规则就加一，旧缓存自动失效
@@ -76,12 +75,12 @@ def strip_pos_tags(line: str) -> str:
 
 
 def check_text(text: str, source: str = "语料") -> str:
-    """空的或只有空白的文本给出中文错误。"""
+    """不是 str、空的或只有空白、含有不能编码成 UTF-8 的字符（落单的代理字符）时给出中文错误。"""
     if not isinstance(text, str):
         raise TypeError(f"{source} 应该是 str，收到的是 {type(text).__name__}。若是 bytes，请先用 decode_utf8() 解码。")
     if not text.strip():
         raise ValueError(f"{source} 是空的（或者只有空白字符）。请检查文件路径和内容，至少要有几千个字符才能训练。")
-    return text
+    return check_utf8(text, source)
 
 
 def split_of(key: str, val_percent: int = 5, test_percent: int = 0) -> str:
@@ -227,15 +226,15 @@ def load_text_documents(source: str, text_field: str = "text", max_docs: int | N
     if source.startswith("hf://"):
         source = _download_from_hub(source)
     path = Path(source)
-    raw = decode_utf8(path.read_bytes() if path.exists() else _missing(path), source=f"文件 {path}")
+    fix = "请检查这个文件：它可能没下载完，或者被手工改坏了；重新下载或重新导出即可。"
     if path.suffix == ".jsonl":
-        records = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        records = read_jsonl(path, "语料文件", fix)
     elif path.suffix == ".json":
-        records = json.loads(raw)
+        records = read_json(path, "语料文件", fix)
         if isinstance(records, dict):
             records = records.get("data") or list(records.values())
     else:
-        records = raw.splitlines()
+        records = read_text_utf8(path, "语料文件").splitlines()
     docs = []
     for i, rec in enumerate(records):
         if isinstance(rec, dict):
@@ -250,10 +249,6 @@ def load_text_documents(source: str, text_field: str = "text", max_docs: int | N
     if not docs:
         check_text("", f"{path} 里的文本")
     return docs
-
-
-def _missing(path: Path) -> bytes:
-    raise FileNotFoundError(f"找不到文件 {path}，请检查路径。")
 
 
 def _download_from_hub(source: str) -> str:

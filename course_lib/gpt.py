@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import CausalSelfAttention
+from .checks import check_positive_ints, embed
 from .generate import generate_tokens
 
 
@@ -35,14 +36,11 @@ class GPTConfig:
     use_sdpa: bool = True     # False → 用第 02 章手写的注意力（慢，但能看清每一步）
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} 必须是正整数，收到 {value!r}。")
+        check_positive_ints(self, ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) 必须能被 n_head ({self.n_head}) 整除："
                              "每个注意力头分到 n_embd / n_head 维。请调整 n_embd 或 n_head。")
-        if not 0.0 <= self.dropout < 1.0:
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout 必须在 [0, 1) 之间，收到 {self.dropout}。")
 
     def to_dict(self) -> dict:
@@ -117,7 +115,7 @@ class GPT(nn.Module):
             raise ValueError(f"输入长度 {T} 超过了模型的上下文长度 block_size={self.config.block_size}。"
                              "请截取最后 block_size 个 token（generate() 会自动这样做）。")
         pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.drop(embed(self.wte, idx) + self.wpe(pos))  # (B, T, C)
         for block in self.blocks:
             x = block(x)
         logits = self.lm_head(self.ln_f(x))            # (B, T, V)

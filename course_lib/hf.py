@@ -15,21 +15,26 @@ import_hf(folder)：反过来，把 Hugging Face 格式的 Llama 结构模型（
 """
 from __future__ import annotations
 
-import json
+import re
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 
-from .files import atomic_write_bytes, atomic_write_json, read_text_utf8
+from .checks import check_shapes
+from .files import atomic_folder, atomic_write_bytes, atomic_write_json, read_json, read_safetensors
 from .llama import Llama, LlamaConfig
 from .tokenizer import SPECIAL_TOKENS
 
 EOT_PIECE, PAD_PIECE = SPECIAL_TOKENS[0], SPECIAL_TOKENS[1]  # <|endoftext|>、<|pad|>
 
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
+# 模型文件夹里「属于模型」的文件：导出时整个换掉，绝不让上一次导出的分词器留在新权重旁边。其余条目（README.md 等）原样保留。
+_MODEL_FILES = re.compile(r"(config|generation_config|special_tokens_map|added_tokens|preprocessor_config)\.json"
+                          r"|tokenizer.*|chat_template\..*|vocab\..*|merges\.txt|.*\.model"
+                          r"|.*\.safetensors(\.index\.json)?|pytorch_model.*\.bin(\.index\.json)?")
+_REDOWNLOAD = "请重新下载这个模型，或者重新导出（export_hf）。"
 
 # 导出分词器后用来核对「HF 分词结果 == sentencepiece 分词结果」的几句话（外加词表里的片段）
 _PROBE_TEXTS = (
@@ -91,7 +96,11 @@ def to_hf_state_dict(model: Llama) -> dict[str, torch.Tensor]:
 def export_hf(model: Llama, folder: str | Path, sp_model_path: str | Path | None = None,
               bos_id: int | None = None, eos_id: int | None = None, pad_id: int | None = None,
               chat_template: str | None = None, add_bos: bool | None = None) -> Path:
-    """把 Llama 写成 Hugging Face 能直接加载的文件夹，返回文件夹路径。所有文件都原子写入。
+    """把 Llama 写成 Hugging Face 能直接加载的文件夹，返回文件夹路径。
+
+    整个文件夹原子替换：先写进同级的临时文件夹，全部写完才换成 folder；中途出错（例如磁盘满了），
+    folder 里原来的导出一个字节都不变。folder 里原有的模型文件（权重、config、分词器）整个换掉，
+    别的文件（例如 README.md）保留。
 
     - sp_model_path：sentencepiece 的 .model 文件（BPE、byte_fallback、normalization_rule_name="identity"）。
       给了就同时导出分词器；bos_id / eos_id / pad_id 没给时取 sentencepiece 模型里的值；
@@ -119,16 +128,17 @@ def export_hf(model: Llama, folder: str | Path, sp_model_path: str | Path | None
         if value is not None and not 0 <= value < model.config.vocab_size:
             raise ValueError(f"{name}={value} 不在词表范围 [0, {model.config.vocab_size}) 里。")
 
-    if sp is not None:  # 先导出分词器：它会核对分词结果，不合格时什么都不写
-        add_bos = bos_id is not None if add_bos is None else add_bos
-        export_tokenizer(sp_model_path, folder, bos_id, eos_id, pad_id, chat_template, add_bos)
-    dtype = model.embed_tokens.weight.dtype
-    atomic_write_bytes(folder / WEIGHTS, st_save(to_hf_state_dict(model), metadata={"format": "pt"}))
-    atomic_write_json(folder / "config.json", hf_config(model.config, bos_id, eos_id, pad_id, dtype))
-    # 没有专门的 pad token 时用 eos 填充（HF 自己也会这样做，但每次都打印一条警告）
-    generation = {"bos_token_id": bos_id, "eos_token_id": eos_id,
-                  "pad_token_id": pad_id if pad_id is not None else eos_id}
-    atomic_write_json(folder / "generation_config.json", generation)
+    with atomic_folder(folder, keep=lambda name: not _MODEL_FILES.fullmatch(name)) as tmp:
+        if sp is not None:  # 先导出分词器：它会核对分词结果，不合格时什么都不写
+            add_bos = bos_id is not None if add_bos is None else add_bos
+            export_tokenizer(sp_model_path, tmp, bos_id, eos_id, pad_id, chat_template, add_bos)
+        dtype = model.embed_tokens.weight.dtype
+        atomic_write_bytes(tmp / WEIGHTS, st_save(to_hf_state_dict(model), metadata={"format": "pt"}))
+        atomic_write_json(tmp / "config.json", hf_config(model.config, bos_id, eos_id, pad_id, dtype))
+        # 没有专门的 pad token 时用 eos 填充（HF 自己也会这样做，但每次都打印一条警告）
+        generation = {"bos_token_id": bos_id, "eos_token_id": eos_id,
+                      "pad_token_id": pad_id if pad_id is not None else eos_id}
+        atomic_write_json(tmp / "generation_config.json", generation)
     return folder
 
 
@@ -285,8 +295,16 @@ def _check_tokenizer(tok, sp, types: list[str]) -> None:
 
 
 # ---------------------------------------------------------------- 导入
-def config_from_hf(hf: dict) -> LlamaConfig:
-    """Hugging Face 的 config.json（dict）→ LlamaConfig；遇到 course_lib 的 Llama 表达不了的设置时报错。"""
+_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
+    """Hugging Face 的 config.json（dict）→ LlamaConfig；遇到 course_lib 的 Llama 表达不了的设置时报错。
+
+    source：报错时怎么称呼这个 config（import_hf 传文件路径）。
+    """
+    if not isinstance(hf, dict):
+        raise ValueError(f"{source} 应该是一个 JSON 对象（字段名 → 值），收到的是 {type(hf).__name__}。{_REDOWNLOAD}")
     if "hidden_size" not in hf and "config" in hf:
         raise ValueError("这是 course_lib.save_model 保存的文件夹，请用 course_lib.load_model 加载。")
     if hf.get("model_type") != "llama":
@@ -303,6 +321,13 @@ def config_from_hf(hf: dict) -> LlamaConfig:
     if bad:
         raise ValueError(f"config.json 里 {', '.join(f'{k}={hf.get(k)!r}' for k in bad)}，course_lib 的 Llama 不支持"
                          "（它用 silu 激活、没有偏置）。")
+    missing = [k for k in _REQUIRED if k not in hf]
+    if missing:
+        raise ValueError(f"{source} 缺少 Llama 结构必需的字段 {missing}（需要：{', '.join(_REQUIRED)}）："
+                         f"文件不完整，或者被手工改过。{_REDOWNLOAD}")
+    bad = [f"{k}={hf[k]!r}" for k in _REQUIRED if not isinstance(hf[k], int) or isinstance(hf[k], bool) or hf[k] <= 0]
+    if bad:
+        raise ValueError(f"{source} 里 {', '.join(bad)}：这些字段必须是正整数。{_REDOWNLOAD}")
     n_heads = hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, hf["hidden_size"] // n_heads):
         raise ValueError(f"head_dim={hf['head_dim']} 不等于 hidden_size / num_attention_heads = "
@@ -328,12 +353,16 @@ def import_hf(folder: str | Path, device: str | torch.device = "cpu", dtype: tor
     模型先建在 "meta" 设备上（不占内存），再直接换上读进来的张量：7B 模型也不会占两份内存。
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        what = "路径不存在" if not folder.exists() else "这是一个文件，不是文件夹"
+        raise FileNotFoundError(f"找不到模型文件夹 {folder}（{what}）。import_hf 要的是 Hugging Face 的模型文件夹"
+                                f"（config.json + {WEIGHTS}），请检查路径。")
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder} 里没有 config.json，不是 Hugging Face 的模型文件夹。")
-    cfg = config_from_hf(json.loads(read_text_utf8(folder / "config.json")))
+    cfg = config_from_hf(read_json(folder / "config.json", "模型配置", _REDOWNLOAD), source=str(folder / "config.json"))
     tensors = {}
     for path in _weight_files(folder):
-        for name, t in st_load_file(str(path), device=str(device)).items():
+        for name, t in read_safetensors(path, "权重文件", _REDOWNLOAD, device=str(device)).items():
             if "rotary_emb" in name:  # 旧版 HF 检查点里存着 RoPE 的频率表；我们自己算
                 continue
             t = t if dtype is None else t.to(dtype)
@@ -342,6 +371,7 @@ def import_hf(folder: str | Path, device: str | torch.device = "cpu", dtype: tor
         tensors.pop("lm_head.weight", None)
     with torch.device("meta"):
         model = Llama(cfg)
+    check_shapes(model.state_dict(), tensors, "权重文件", "config.json", f"config.json 和权重不是同一个模型的。{_REDOWNLOAD}")
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     missing = [m for m in missing if not (m == "lm_head.weight" and cfg.tie_weights)]
     if missing or unexpected:
@@ -357,7 +387,25 @@ def _weight_files(folder: Path) -> list[Path]:
     if (folder / WEIGHTS).exists():
         return [folder / WEIGHTS]
     if (folder / INDEX).exists():  # 大模型把权重切成几片，索引里写着每个张量在哪一片
-        index = json.loads(read_text_utf8(folder / INDEX))
-        return [folder / f for f in sorted(set(index["weight_map"].values()))]
+        index = read_json(folder / INDEX, "分片索引", _REDOWNLOAD)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise ValueError(f"{folder / INDEX} 里没有 \"weight_map\"（张量名 → 分片文件名）：文件不完整。{_REDOWNLOAD}")
+        files = [folder / f for f in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.exists()]
+        if absent:
+            raise FileNotFoundError(f"{folder} 缺少 {INDEX} 里列出的分片 {absent[:5]}（共 {len(files)} 片）：下载没完成。"
+                                    f"{_REDOWNLOAD}")
+        return files
+    pickles = sorted(p.name for p in folder.glob("pytorch_model*.bin"))
+    if pickles:
+        converted = str(folder) + "_safetensors"
+        raise FileNotFoundError(
+            f"{folder} 里只有 PyTorch 的 pickle 权重（{', '.join(pickles[:3])}），没有 {WEIGHTS}。import_hf 只读 safetensors："
+            "pickle 文件加载时可以执行任意代码，course_lib 从不加载它。如果你信任这个模型的来源，"
+            "可以在一个可信的环境里（例如一次性的容器或虚拟机）用 transformers 转换一次：\n"
+            "    from transformers import AutoModelForCausalLM\n"
+            f"    AutoModelForCausalLM.from_pretrained({str(folder)!r}).save_pretrained({converted!r}, safe_serialization=True)\n"
+            f"然后 import_hf({converted!r})。")
     raise FileNotFoundError(f"{folder} 里没有 {WEIGHTS}（或分片的 {INDEX}）。import_hf 只读 safetensors；"
                             "只有 pytorch_model.bin 的模型，请先用 transformers 加载后 save_pretrained 转一次。")

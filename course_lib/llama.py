@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_positive_ints, embed
 from .generate import stream
 
 
@@ -46,10 +47,7 @@ class LlamaConfig:
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        for name in ("vocab_size", "max_seq_len", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"LlamaConfig.{name} 必须是正整数，收到 {value!r}。")
+        check_positive_ints(self, ("vocab_size", "max_seq_len", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of"))
         if self.dim % self.n_heads != 0:
             raise ValueError(f"dim ({self.dim}) 必须能被 n_heads ({self.n_heads}) 整除：每个头分到 dim / n_heads 维。"
                              "请调整 dim 或 n_heads。")
@@ -63,8 +61,7 @@ class LlamaConfig:
             raise ValueError(f"ffn_dim_multiplier 必须 > 0（或 None），收到 {self.ffn_dim_multiplier}。")
         if self.hidden_dim is None:
             self.hidden_dim = llama_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
-        if not isinstance(self.hidden_dim, int) or self.hidden_dim <= 0:
-            raise ValueError(f"LlamaConfig.hidden_dim 必须是正整数（或 None 自动计算），收到 {self.hidden_dim!r}。")
+        check_positive_ints(self, ("hidden_dim",))
         if self.norm_eps <= 0 or self.rope_theta <= 0:
             raise ValueError(f"norm_eps 和 rope_theta 都必须 > 0，收到 norm_eps={self.norm_eps}，rope_theta={self.rope_theta}。")
 
@@ -273,7 +270,7 @@ class Llama(nn.Module):
             raise ValueError(f"位置 {start} + 输入长度 {T} 超过了上限 {limit}（max_seq_len={self.config.max_seq_len}）。"
                              "请截取最后 max_seq_len 个 token（generate() 会自动这样做），或新建一个更大的缓存。")
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hd)
-        x = self.embed_tokens(idx)                                                  # (B, T, C)
+        x = embed(self.embed_tokens, idx)                                                  # (B, T, C)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache, i)
         logits = self.lm_head(self.norm(x))                                         # (B, T, V)

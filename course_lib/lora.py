@@ -27,7 +27,6 @@ q_proj），也可以用通配符（"layers.0.*"、"mlp.*"、"*_proj"）。一�
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
@@ -35,10 +34,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .files import atomic_write_bytes, atomic_write_json, read_text_utf8
+from .files import atomic_write_bytes, atomic_write_json, read_json, read_safetensors
 
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
@@ -284,11 +282,14 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     if not (folder / ADAPTER_CONFIG).exists() or not (folder / ADAPTER_WEIGHTS).exists():
         raise FileNotFoundError(f"{folder} 里没有 {ADAPTER_CONFIG} 和 {ADAPTER_WEIGHTS}，不是 save_adapter 保存的适配器。"
                                 "（peft 保存的适配器请用 peft.PeftModel.from_pretrained 加载。）")
-    cfg = json.loads(read_text_utf8(folder / ADAPTER_CONFIG))
-    try:
-        tensors = st_load((folder / ADAPTER_WEIGHTS).read_bytes())
-    except Exception as e:
-        raise ValueError(f"{folder / ADAPTER_WEIGHTS} 损坏或不完整，无法读取（{e}）。请重新保存。") from None
+    resave = "请用 save_adapter(model, folder) 重新保存适配器（两个文件要一起复制）。"
+    cfg = read_json(folder / ADAPTER_CONFIG, "适配器配置", resave)
+    needed = {"base_shapes": dict, "target_modules": list, "r": int, "alpha": (int, float)}
+    bad = [k for k, t in needed.items() if not isinstance(cfg, dict) or not isinstance(cfg.get(k), t)]
+    if bad:
+        raise ValueError(f"{folder / ADAPTER_CONFIG} 缺少字段 {bad}（或者类型不对）：它不完整，"
+                         f"或者不是 save_adapter 写的。{resave}")
+    tensors = read_safetensors(folder / ADAPTER_WEIGHTS, "适配器权重", resave)
     modules = dict(model.named_modules())
     for name, shape in cfg["base_shapes"].items():
         m = modules.get(name)
@@ -361,7 +362,10 @@ def load_peft_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     if not cfg_path.exists() or not weights.exists():
         raise FileNotFoundError(f"{folder} 里没有 adapter_config.json 和 adapter_model.safetensors，"
                                 "不是 peft 的 save_pretrained 保存的适配器。")
-    cfg = json.loads(read_text_utf8(cfg_path))
+    refetch = "请用 peft 的 save_pretrained 重新保存适配器，或重新下载。"
+    cfg = read_json(cfg_path, "peft 适配器配置", refetch)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path} 应该是一个 JSON 对象，收到的是 {type(cfg).__name__}。{refetch}")
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"这是 {cfg.get('peft_type')} 适配器，load_peft_adapter 只认识 LoRA。")
     unsupported = {"use_rslora": cfg.get("use_rslora"), "use_dora": cfg.get("use_dora"),
@@ -371,10 +375,10 @@ def load_peft_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     if bad:
         raise ValueError(f"适配器用了 {', '.join(bad)}，手写的 LoRALinear 只实现了最基本的 LoRA"
                          "（缩放 alpha / r、没有偏置、所有层同一个 r）。请用 peft 的 PeftModel 加载它。")
-    try:
-        raw = st_load(weights.read_bytes())
-    except Exception as e:
-        raise ValueError(f"{weights} 损坏或不完整，无法读取（{e}）。") from None
+    bad = [k for k in ("r", "lora_alpha") if isinstance(cfg.get(k), bool) or not isinstance(cfg.get(k), (int, float))]
+    if bad:
+        raise ValueError(f"{cfg_path} 缺少字段 {bad}（或者不是数字）：LoRA 的秩 r 和缩放 lora_alpha 都要有。{refetch}")
+    raw = read_safetensors(weights, "peft 适配器权重", refetch)
     tensors = {_peft_name(k): v for k, v in raw.items()}
     targets = sorted({k.rsplit(".", 1)[0] for k in tensors if k.endswith(("lora_A", "lora_B"))})
     if not targets:

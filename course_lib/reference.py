@@ -15,13 +15,12 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_model
-from .files import read_text_utf8
+from .files import read_json
 from .paths import repo_root
 from .tokenizer import BPETokenizer
 
@@ -57,7 +56,8 @@ def load_reference(device: str | torch.device = "cpu"):
 
 def reference_metrics() -> dict:
     """发布时实测的数字（metrics.json）。"""
-    return json.loads(read_text_utf8(reference_dir() / "metrics.json"))
+    return read_json(reference_dir() / "metrics.json", "参考模型的实测数字",
+                     "它随仓库一起发布：git checkout assets/base_model 可以恢复。")
 
 
 if __name__ == "__main__":  # python -m course_lib.reference：实现在 course_lib/cli/reference.py

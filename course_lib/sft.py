@@ -27,7 +27,7 @@ import torch
 
 from .chat_format import IM_START, check_trainable, encode_chat, sanitize
 from .distributed import dist_info
-from .files import read_text_utf8
+from .files import read_json
 from .losses import batch_losses, weighted_mean
 from .paths import runs_dir
 from .train import History, TrainConfig, Trainer
@@ -325,7 +325,7 @@ def load_sft_model(device: str = "cpu", rebuild: bool = True):
     folder = sft_model_dir()
     fresh = False
     if (folder / "model.safetensors").exists() and (folder / BPETokenizer.META_FILE).exists():
-        meta = json.loads(read_text_utf8(folder / "config.json"))
+        meta = read_json(folder / "config.json", "SFT 模型的配置", f"删掉 {folder}，load_sft_model() 会重新训练一个。")
         cfg = chapter_config("06_sft")
         wanted = json.loads(json.dumps({k: cfg[k] for k in TRAIN_KEYS}))  # 与存进 JSON 后的样子比较
         fresh = meta.get("base_sha256") == _base_fingerprint() and meta.get("sft", {}).get("config") == wanted
@@ -333,6 +333,8 @@ def load_sft_model(device: str = "cpu", rebuild: bool = True):
         if not rebuild:
             raise FileNotFoundError(f"{folder} 里没有与当前参考模型和配置对应的 SFT 模型。请先运行第 06 章，"
                                     "或调用 load_sft_model(rebuild=True) 自动训练一个。")
-        print(f"{folder} 里还没有微调好的模型（或基座模型已更新）：按第 06 章的配置现场训练一个……")
-        build_sft_model(progress=False)
+        steps = chapter_config("06_sft")["max_steps"]
+        print(f"{folder} 里还没有微调好的模型（或基座模型已更新）：按第 06 章的配置现场训练一个（{steps} 步，"
+              "tiny 档在 2 核 CPU 上约 1–2 分钟；进度条如下）……", flush=True)
+        build_sft_model(progress=True)
     return load_model(folder, device=device).eval(), BPETokenizer.load(folder)

@@ -10,14 +10,13 @@
 from __future__ import annotations
 
 import functools
-import json
 import random
 import zlib
 from pathlib import Path
 
 from .chat_format import DEFAULT_SYSTEM, check_trainable
 from .data import load_idioms, load_reviews, split_of
-from .files import read_text_utf8
+from .files import read_json, read_jsonl
 from .paths import repo_root
 
 TASKS = ("sentiment", "idiom_meaning", "idiom_pinyin", "idiom_chain", "idiom_source", "idiom_usage",
@@ -132,13 +131,11 @@ def load_dialogues(path: str | Path | None = None) -> list[dict]:
     """读取手写对话（一行一段 JSON：{"id": ..., "messages": [...]}），逐条检查格式。"""
     path = Path(path) if path is not None else dialogues_path()
     out = []
-    for n, line in enumerate(read_text_utf8(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} 第 {n} 行不是合法的 JSON（{e}）。") from None
+    fix = "请改正这一行（课程自带的 data/sft/dialogues.jsonl 可以用 git checkout 恢复）。"
+    for n, obj in read_jsonl(path, "对话数据", fix, line_numbers=True):
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path} 第 {n} 行应该是一个 JSON 对象（{{\"id\": ..., \"messages\": [...]}}），"
+                             f"收到的是 {type(obj).__name__}。")
         try:
             check_trainable(obj["messages"])
         except (KeyError, ValueError) as e:
@@ -202,13 +199,10 @@ def build_sft_examples(split: str, sizes: dict | None = None, seed: int = 0) -> 
 # ---------------------------------------------------------------- 公开数据集的格式
 def _read_json_records(path: str | Path) -> list:
     """读 .json（一个列表）或 .jsonl（一行一条）。"""
-    text = read_text_utf8(path)
-    try:
-        if str(path).endswith(".jsonl"):
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} 不是合法的 JSON（{e}）。") from None
+    fix = "请检查这个文件：它可能没下载完，或者被手工改坏了；重新下载即可。"
+    if str(path).endswith(".jsonl"):
+        return read_jsonl(path, "数据文件", fix)
+    data = read_json(path, "数据文件", fix)
     if not isinstance(data, list):
         raise ValueError(f"{path} 的最外层应该是一个列表（每个元素一条样本），收到 {type(data).__name__}。")
     return data

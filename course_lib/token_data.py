@@ -11,14 +11,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from .data import corpus_documents
-from .files import atomic_open, atomic_write_json, read_text_utf8
+from .files import atomic_open, atomic_write_json, read_json
 from .paths import runs_dir
 from .report import progress_bar
 
@@ -40,6 +39,12 @@ def build_token_bin(documents, tokenizer, path: str | os.PathLike, chunk_tokens:
     每篇文档后面接一个 eos。边分词边写：内存里最多攒 chunk_tokens 个 token（默认约 100 万个，2 MB）。
     写入是原子的：先写同目录的临时文件，成功后才 os.replace 成 path；中途出错，旧文件原样保留。
     """
+    if isinstance(documents, (str, bytes)):  # 逐个取出来的是一个个字符：每个字都会成为一篇「文档」
+        unit = "个字符" if isinstance(documents, str) else "个字节"
+        raise TypeError(f"build_token_bin 的 documents 应该是文档的列表（每个元素一篇 str），收到的却是一整个 "
+                        f"{type(documents).__name__}（{len(documents):,} {unit}）：那样每个字符都会被当成一篇文档，"
+                        "每个字后面都接一个 <|endoftext|>。请传 corpus_documents(语料, 划分) 的结果，"
+                        "或者把整段文本拆成一行一篇：text.splitlines()。")
     if not hasattr(tokenizer, "fingerprint"):
         raise TypeError(f"build_token_bin 需要 BPETokenizer（要用它的 eos_id 和 fingerprint），收到 {type(tokenizer).__name__}。")
     if tokenizer.vocab_size > MAX_VOCAB:
@@ -80,12 +85,18 @@ def read_token_meta(path: str | os.PathLike) -> dict:
     if not meta_path(path).exists():
         raise FileNotFoundError(f"{path} 旁边没有元数据文件 {meta_path(path).name}，无法确认它是用哪个分词器、按什么格式写的。"
                                 "请用 build_token_bin(...) 重新生成（它会同时写 .bin 和 .json）。")
-    meta = json.loads(read_text_utf8(meta_path(path)))
+    regenerate = "请删除它和同名的 .bin，用 build_token_bin(...) 或 prepare_pretraining_data(...) 重新生成。"
+    meta = read_json(meta_path(path), "token 文件的元数据", regenerate)
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path(path)} 应该是一个 JSON 对象，收到的是 {type(meta).__name__}。{regenerate}")
     if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
         raise ValueError(f"{meta_path(path)} 不是本课程第 {FORMAT_VERSION} 版的 token 文件元数据"
                          f"（format={meta.get('format')!r}，version={meta.get('version')!r}）。请用 build_token_bin(...) 重新生成。")
     if meta.get("dtype") != "uint16":
         raise ValueError(f"{path} 的 dtype 是 {meta.get('dtype')!r}，这里只读 uint16。请用 build_token_bin(...) 重新生成。")
+    missing = [k for k in ("n_tokens", "tokenizer_fingerprint", "sha256") if k not in meta]
+    if missing or not isinstance(meta["n_tokens"], int) or isinstance(meta["n_tokens"], bool) or meta["n_tokens"] < 0:
+        raise ValueError(f"{meta_path(path)} 不完整：缺少 {missing}，或者 n_tokens 不是非负整数。{regenerate}")
     return meta
 
 

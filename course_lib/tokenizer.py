@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -14,9 +13,16 @@ import numpy as np
 import torch
 
 from .data import check_text
-from .files import atomic_write_bytes, atomic_write_json, read_text_utf8
+from .files import atomic_write_bytes, atomic_write_json, check_utf8, read_json
 
 UNK = "\ufffd"  # �：Unicode 的「替换字符」，解码时看到它就知道这里原本是个没见过的字
+
+
+def _check_encode_input(text) -> None:
+    """encode 的输入必须是能编码成 UTF-8 的 str：bytes、落单的代理字符都给出中文错误。"""
+    if not isinstance(text, str):
+        raise TypeError(f"encode 需要 str，收到的是 {type(text).__name__}。若是 bytes，请先用 decode_utf8() 解码。")
+    check_utf8(text, "要编码的文本")
 
 
 class CharTokenizer:
@@ -57,6 +63,7 @@ class CharTokenizer:
     def encode(self, text: str, unknown: str = "replace") -> list[int]:
         if unknown not in ("replace", "error"):
             raise ValueError("unknown 只能是 'replace' 或 'error'。")
+        _check_encode_input(text)
         if unknown == "error":
             missing = sorted({c for c in text if c not in self.stoi})
             if missing:
@@ -86,10 +93,15 @@ class CharTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> "CharTokenizer":
-        obj = json.loads(read_text_utf8(path))
-        if obj.get("type") != "CharTokenizer":
-            raise ValueError(f"{path} 不是 CharTokenizer 保存的文件（type={obj.get('type')!r}）。")
-        return cls(obj["chars"])
+        fix = "请用 CharTokenizer.from_text(文本) 重新建词表并 save()，或从备份恢复这个文件。"
+        obj = read_json(path, "分词器文件", fix)
+        kind = obj.get("type") if isinstance(obj, dict) else type(obj).__name__
+        if kind != "CharTokenizer":
+            raise ValueError(f"{path} 不是 CharTokenizer 保存的文件（type={kind!r}）。")
+        chars = obj.get("chars")
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            raise ValueError(f"{path} 里的 \"chars\" 应该是字符组成的列表，文件不完整或被改坏了。{fix}")
+        return cls(chars)
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
@@ -271,8 +283,12 @@ class BPETokenizer:
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """文本 → token id 列表。bos/eos=True 时在开头/结尾加上 <|endoftext|>。"""
         if not isinstance(text, str):
-            raise TypeError(f"encode 需要 str，收到的是 {type(text).__name__}。若是 bytes，请先用 decode_utf8() 解码。")
-        ids = self.sp.encode(text)
+            _check_encode_input(text)
+        try:
+            ids = self.sp.encode(text)
+        except RuntimeError:  # sentencepiece 对落单的代理字符只报「Unable to cast Python instance」
+            _check_encode_input(text)
+            raise
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def encode_tensor(self, text: str) -> torch.Tensor:
@@ -322,9 +338,11 @@ class BPETokenizer:
             if not path.exists():
                 raise FileNotFoundError(f"找不到 {path}。请检查文件夹是否正确，"
                                         "或先用 BPETokenizer.train(文本, 文件夹) 训练并保存分词器。")
-        meta = json.loads(read_text_utf8(meta_path))
-        if meta.get("type") != "BPETokenizer":
-            raise ValueError(f"{meta_path} 不是 BPETokenizer 保存的文件（type={meta.get('type')!r}）。")
+        meta = read_json(meta_path, "分词器的元数据", "请重新训练分词器（BPETokenizer.train(文本, 文件夹)），"
+                         f"或从备份恢复 {cls.MODEL_FILE} 和 {cls.META_FILE}（它们必须一起复制）。")
+        kind = meta.get("type") if isinstance(meta, dict) else type(meta).__name__
+        if kind != "BPETokenizer":
+            raise ValueError(f"{meta_path} 不是 BPETokenizer 保存的文件（type={kind!r}）。")
         data = model_path.read_bytes()
         if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
             raise ValueError(f"{model_path} 的 sha256 与 {meta_path} 里记录的不一致：文件损坏或被替换了。"

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checks import check_positive_ints, check_tokens
 from .checkpoint import (TrainingFinishedError, describe_diff, latest_checkpoint, load_unique_state_dict,
                          model_fingerprint, read_checkpoint, write_checkpoint)
 from .device import autocast, needs_grad_scaler
@@ -62,9 +63,17 @@ class TrainConfig:
     resume: str | None = None     # 续训：检查点文件夹的路径；"auto" = checkpoint_dir 里有检查点就续训，没有就从头训练
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "block_size", "eval_iters", "grad_accum_steps"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"TrainConfig.{name} 必须是正整数，收到 {getattr(self, name)!r}。")
+        check_positive_ints(self, ("max_steps", "batch_size", "block_size", "eval_iters", "grad_accum_steps"))
+        for name in ("eval_interval", "warmup_steps", "checkpoint_interval", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"TrainConfig.{name} 必须是整数，收到 {value!r}。")
+        for name in ("lr", "min_lr_ratio", "weight_decay") + (("grad_clip",) if self.grad_clip is not None else ()):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"TrainConfig.{name} 必须是不小于 0 的数，收到 {value!r}。")
+        if len(tuple(self.betas)) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas 必须是两个 [0, 1) 之间的数，例如 (0.9, 0.95)，收到 {self.betas!r}。")
         if self.eval_interval < 0:
             raise ValueError(f"eval_interval 不能是负数（0 表示不评估），收到 {self.eval_interval}。")
         if self.lr <= 0:
@@ -133,6 +142,7 @@ class RandomWindows:
     """
 
     def __init__(self, data, block_size: int, batch_size: int, seed: int = 1337, rank: int = 0, world_size: int = 1):
+        check_tokens(data, "train_data")
         if len(data) <= block_size:
             raise ValueError(f"train_data 只有 {len(data)} 个 token，比 block_size={block_size} 还短。"
                              "请换更长的语料，或调小 block_size。")
@@ -208,6 +218,10 @@ class Trainer:
                 raise ValueError("Trainer 需要训练数据：传 train_data（一维 token 序列），或传 batches=（批次来源）。")
             batches = RandomWindows(train_data, self.cfg.block_size, self.cfg.batch_size, self.cfg.seed,
                                     self.rank, self.world_size)
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        for name, data in (("train_data", train_data), ("val_data", val_data)):
+            if data is not None:
+                check_tokens(data, name, vocab if isinstance(vocab, int) else None)
         if val_data is not None and evaluate is None and len(val_data) <= self.cfg.block_size:
             raise ValueError(f"val_data 只有 {len(val_data)} 个 token，比 block_size={self.cfg.block_size} 还短。"
                              "请换更长的语料，或调小 block_size。")

@@ -7,6 +7,7 @@ from ..chat import ChatSession
 from ..chat_format import DEFAULT_SYSTEM
 from ..chat_models import load_chat_model
 from ..chat_ui import HELP, _input_reader, repl
+from ..device import get_device
 from ..files import decode_utf8
 from . import ArgumentParser
 
@@ -38,19 +39,20 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--repetition_penalty", type=float, default=1.1, help="重复惩罚，> 0（默认 1.1；1 表示不惩罚）")
     ap.add_argument("--max_new_tokens", type=int, default=128, help="每条回复最多几个 token（默认 128）")
     ap.add_argument("--seed", type=int, default=None, help="随机种子：固定后整段对话可复现")
-    ap.add_argument("--device", default="cpu", help="cpu / cuda / mps（默认 cpu）")
+    ap.add_argument("--device", default="cpu", help="cpu / cuda / cuda:N / mps（默认 cpu）")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        model, tokenizer, description = load_chat_model(args.model, device=args.device)
+        device = get_device(args.device)  # --device cuda 但没有 GPU、--device tpu：一行中文错误
+        model, tokenizer, description = load_chat_model(args.model, device=device)
         system = DEFAULT_SYSTEM if args.system is None else args.system
         session = ChatSession(model, tokenizer, system, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                               max_new_tokens=args.max_new_tokens, seed=args.seed)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as e:
         print(f"错误：{e}", file=sys.stderr)
         return 2
     print(f"模型：{description}（上下文窗口 {session.context_length} 个 token）\n{HELP}", flush=True)

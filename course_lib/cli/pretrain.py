@@ -18,6 +18,7 @@ import torch
 
 from ..checkpoint import WEIGHTS, TrainingFinishedError, latest_checkpoint, load_model, save_model
 from ..data import corpus_documents
+from ..device import get_device
 from ..distributed import barrier, cleanup_distributed, dist_info, setup_distributed
 from ..files import atomic_open, atomic_write_json, atomic_write_text
 from ..llama import Llama, LlamaConfig
@@ -202,15 +203,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         profile, out, overrides = _parse_args(argv)
+        if not out.strip():
+            raise ValueError("--out 不能是空的：请给一个新文件夹，例如 --out data/runs/pretrain_tiny"
+                             "（空字符串会把文件写进当前目录）。")
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ValueError(f"--out {out} 是一个文件，不是文件夹：请换一个文件夹的路径。")
         profile = active_profile(profile)
         p = chapter_config(CHAPTER, profile, **overrides)
-    except (ValueError, KeyError) as e:
+        get_device()  # COURSE_DEVICE=cuda 但没有 GPU 之类：现在就说清楚，而不是训练开始时给 traceback
+    except (ValueError, KeyError, RuntimeError) as e:
         print(f"错误：{e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     try:
         pretrain(p, out, profile=profile, overrides=overrides)
         return 0
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, OSError) as e:
         print(f"错误：{e}", file=sys.stderr)
         return 1
 

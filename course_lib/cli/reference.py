@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_model, save_model
-from ..files import atomic_write_json, atomic_write_text, read_text_utf8
+from ..files import atomic_write_json, atomic_write_text, read_json, read_text_utf8
 from ..losses import evaluate_loss
 from ..paths import runs_dir
 from ..reference import HEAD_WINDOWS, REFERENCE_CONFIG, reference_dir
@@ -43,7 +43,7 @@ def build_reference(out: str | Path | None = None, work: str | Path | None = Non
     model_dir = pretrain(p, work, profile="reference", overrides=overrides, title="参考基座模型")
     tok = BPETokenizer.load(model_dir)
     model = load_model(model_dir)
-    meta = json.loads(read_text_utf8(model_dir / "config.json"))
+    meta = read_json(model_dir / "config.json", "模型配置")
 
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, out, dtype=torch.float16, extra={"step": meta.get("step"), "recipe": p,

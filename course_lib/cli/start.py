@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..plotting import setup_chinese_font
     from ..report import print_environment
 
+    from ..profiles import active_profile
+    try:
+        active_profile()  # COURSE_PROFILE 写错时给一行中文错误，而不是 traceback
+    except ValueError as e:
+        print(f"错误：{e}", file=sys.stderr)
+        return 2
     print("== 课程环境 ==")
     print_environment()
     print(f"中文字体     : {setup_chinese_font()}")
