@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_int
+
 
 def causal_mask(T: int, device=None) -> torch.Tensor:
     """(T, T) 的布尔矩阵，True 表示「可以看」：下三角（含对角线）。"""
@@ -44,6 +46,8 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, use_sdpa: bool = True):
         super().__init__()
+        check_int(n_embd, "n_embd")
+        check_int(n_head, "n_head")
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd ({n_embd}) 必须能被 n_head ({n_head}) 整除：每个头分到 n_embd/n_head 维。"
                              f"请调整其中一个，例如 n_head={_divisor_hint(n_embd, n_head)}。")

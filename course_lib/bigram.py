@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .checks import check_int, check_number, check_tokens, embed, next_token_loss
 from .generate import generate_tokens
 
 
 def bigram_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """(V, V) 的计数矩阵 N：N[a, b] = 「a 后面紧跟 b」出现的次数。"""
-    ids = ids.long()
+    """(V, V) 的计数矩阵 N：N[a, b] = 「a 后面紧跟 b」出现的次数。ids 是一维整数张量（或 numpy 数组）。"""
+    check_tokens(ids, "ids", check_int(vocab_size, "vocab_size"))
+    ids = torch.as_tensor(ids).long()
     flat = ids[:-1] * vocab_size + ids[1:]
     return torch.bincount(flat, minlength=vocab_size * vocab_size).view(vocab_size, vocab_size)
 
 
 def bigram_probs(counts: torch.Tensor, smoothing: float = 1.0) -> torch.Tensor:
     """加 smoothing 平滑（拉普拉斯平滑）后按行归一化：P[a, b] = (N[a,b]+α) / Σ_b (N[a,b]+α)。"""
-    if smoothing < 0:
-        raise ValueError(f"smoothing 不能是负数，收到 {smoothing}。")
+    if not torch.is_tensor(counts) or counts.dim() != 2:
+        raise ValueError(f"counts 应该是 bigram_counts 返回的 (V, V) 计数矩阵，收到 {type(counts).__name__}。")
+    check_number(smoothing, "smoothing")
     p = counts.double() + smoothing
     rows = p.sum(dim=1, keepdim=True)
     if (rows == 0).any():
@@ -32,8 +34,11 @@ def bigram_probs(counts: torch.Tensor, smoothing: float = 1.0) -> torch.Tensor:
 
 
 def bigram_nll(probs: torch.Tensor, ids: torch.Tensor) -> float:
-    """平均负对数似然（negative log-likelihood, NLL），单位是 nats。"""
-    ids = ids.long()
+    """平均负对数似然（negative log-likelihood, NLL），单位是 nats。ids 至少要有两个 token（一对「前一个字 → 下一个字」）。"""
+    check_tokens(ids, "ids", probs.size(0))
+    if len(ids) < 2:
+        raise ValueError(f"ids 只有 {len(ids)} 个 token，至少要两个才有一对「前一个字 → 下一个字」可以算 NLL。")
+    ids = torch.as_tensor(ids).long()
     return -probs[ids[:-1], ids[1:]].log().mean().item()
 
 
@@ -42,7 +47,7 @@ class BigramLM(nn.Module):
 
     def __init__(self, vocab_size: int):
         super().__init__()
-        self.vocab_size = vocab_size
+        self.vocab_size = check_int(vocab_size, "BigramLM 的 vocab_size")
         self.table = nn.Embedding(vocab_size, vocab_size)
         nn.init.zeros_(self.table.weight)  # 从均匀分布出发：初始损失正好是 ln V
 
@@ -55,10 +60,10 @@ class BigramLM(nn.Module):
         return model
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        logits = self.table(idx)  # (B, T, V)
+        logits = embed(self.table, idx)  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, self.vocab_size), targets.reshape(-1))
+            loss = next_token_loss(logits, targets)
         return logits, loss
 
     def num_params(self) -> int:

@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterator
 
 from .chat_format import DEFAULT_SYSTEM, IM_END, encode_chat, format_chat, sanitize, validate_messages
+from .checks import check_int
 from .files import check_utf8, decode_utf8
 from .generate import Sampling, StreamDecoder, check_max_new_tokens, stream
 from .hf_adapter import HFCausalLM
@@ -166,7 +167,8 @@ class ChatSession:
             raise ValueError(f"context_length 必须是 8 到 {limit}（模型的最大长度）之间的整数，收到 {context_length!r}。")
         self.context_length = context_length or limit
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.repetition_penalty, self.max_new_tokens, self.seed = repetition_penalty, max_new_tokens, seed
+        self.repetition_penalty, self.max_new_tokens = repetition_penalty, max_new_tokens
+        self.seed = check_int(seed, "seed", None, allow_none=True)
         self.sampling  # 采样参数不合法时立刻报中文错误（检查在 generate.Sampling 里）
         self.history: list[dict] = []   # user / assistant 交替的完整历史（不含系统提示）
         self.turns = 0                  # 已经生成了几条回复（seed 固定时第 n 条用 seed + n）

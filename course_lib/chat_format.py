@@ -89,9 +89,21 @@ def format_chat(messages, add_generation_prompt: bool = False) -> str:
     return text + (f"{IM_START}assistant\n" if add_generation_prompt else "")
 
 
+def check_chat_tokenizer(tokenizer) -> None:
+    """对话模板要用有 <|im_start|>、<|im_end|> 的分词器（course_lib 的 BPETokenizer）。"""
+    if not all(hasattr(tokenizer, name) for name in ("im_start_id", "im_end_id", "bos_id")):
+        raise TypeError(f"对话模板需要 course_lib.tokenizer.BPETokenizer（第 05 章，有 <|im_start|>、<|im_end|> 等特殊 token），"
+                        f"收到 {type(tokenizer).__name__}。字符级的 CharTokenizer 没有这些特殊 token。")
+
+
 def encode_chat(messages, tokenizer, add_generation_prompt: bool = False) -> list[int]:
     """对话 → token id：bos + format_chat 的文本编码。与 Hugging Face 的 apply_chat_template(CHAT_TEMPLATE) 完全一致。"""
-    return tokenizer.encode(format_chat(messages, add_generation_prompt), bos=True)
+    text = format_chat(messages, add_generation_prompt)
+    try:
+        return tokenizer.encode(text, bos=True)
+    except (TypeError, AttributeError):
+        check_chat_tokenizer(tokenizer)
+        raise
 
 
 # 同一个格式的 Jinja 版本（Hugging Face transformers 的 apply_chat_template 用它）。

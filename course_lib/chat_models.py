@@ -5,7 +5,8 @@ from pathlib import Path
 
 import torch
 
-from .files import read_json
+from .device import get_device
+from .files import as_path, read_json
 
 
 def _is_course_folder(meta: dict) -> bool:
@@ -23,9 +24,10 @@ def load_chat_model(path: str | Path | None = None, device: str | torch.device =
     - path 不是本地文件夹、形如 "组织/模型名"：当作 Hugging Face Hub 上的模型名，用 transformers 下载（需要联网）。
     - 两种格式都不是：报中文错误。
     """
+    device = get_device(device) if device is not None else None  # "tpu"、没有 GPU 时的 "cuda"：一句中文错误
     if path is None:
         return _load_default(device)
-    folder = Path(path).expanduser()
+    folder = as_path(path, "模型文件夹").expanduser()
     if not folder.exists():
         text = str(path)
         if text.count("/") == 1 and not text.startswith((".", "/", "~")):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -16,9 +17,10 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .checks import check_shapes
-from .files import (atomic_folder, atomic_open, atomic_write_bytes, atomic_write_json, read_json, read_safetensors,
-                    write_error)
+from .checks import check_float_dtype, check_shapes
+from .device import get_device
+from .files import (as_path, atomic_folder, atomic_open, atomic_write_bytes, atomic_write_json, read_json,
+                    read_safetensors, write_error)
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -69,10 +71,12 @@ def save_model(model: torch.nn.Module, folder: str | Path, extra: dict | None = 
 
     dtype=torch.float16 / torch.bfloat16 时把浮点权重转成半精度再存（文件小一半）；load_model 读回 float32。
     """
-    folder = Path(folder)
+    folder = as_path(folder, "模型文件夹")
     kind = model_kind(model)
     if kind is None:
         raise TypeError(f"save_model 不认识 {type(model).__name__}；支持：{', '.join(_model_types())}。")
+    check_float_dtype(dtype)
+    _check_extra(extra)
     tensors = unique_state_dict(model)
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
@@ -82,6 +86,20 @@ def save_model(model: torch.nn.Module, folder: str | Path, extra: dict | None = 
         atomic_write_bytes(tmp / WEIGHTS, st_save(tensors))
         atomic_write_json(tmp / CONFIG, {"model_type": kind, "config": model.config.to_dict(), **(extra or {})})
     return folder
+
+
+def _check_extra(extra) -> None:
+    """save_model 的 extra：写进 config.json 的附加信息，必须是能存成 JSON 的字典，而且不能覆盖 model_type 和 config。"""
+    if extra is None:
+        return
+    if not isinstance(extra, dict) or {"model_type", "config"} & set(extra):
+        raise ValueError(f"extra 应该是一个字典（写进 config.json 的附加信息，例如 {{\"step\": 100}}），"
+                         f"而且不能有 model_type、config 这两个键，收到 {extra!r:.80}。")
+    try:
+        json.dumps(extra)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"extra 里有不能存成 JSON 的值（{e}）：只能用数字、字符串、列表、字典、True/False/None。"
+                         "张量请先 .item() 或 .tolist()。") from None
 
 
 _RESAVE = "请把同一次 save_model 保存的 config.json 和 model.safetensors 放在一起，或者重新 save_model(model, folder)。"
@@ -137,7 +155,8 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> torch.
     文件夹不存在、缺 config.json 或 model.safetensors、文件损坏、config 的字段不对、权重与结构不符，
     各有一条说清楚怎么回事、怎么办的中文错误。
     """
-    folder = Path(folder)
+    folder = as_path(folder, "load_model 的模型文件夹")
+    device = get_device(device) if device is not None else None  # "tpu"、没有 GPU 时的 "cuda"：一句中文错误
     _check_model_folder(folder)
     meta = read_json(folder / CONFIG, "模型配置", _RESAVE)
     if not isinstance(meta, dict) or "config" not in meta:
@@ -174,7 +193,7 @@ class TrainingFinishedError(ValueError):
 
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
     """folder 本身是检查点就返回它；是 checkpoint_dir 就返回其中步数最大的 step_XXXXXX；都没有返回 None。"""
-    folder = Path(folder)
+    folder = as_path(folder, "检查点文件夹")
     if (folder / STATE_FILE).exists():
         return folder
     if not folder.is_dir():

@@ -30,7 +30,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import atomic_write_text, check_utf8, read_json, read_jsonl, read_text_utf8
+from .checks import check_int
+from .files import as_path, atomic_write_text, check_utf8, read_json, read_jsonl, read_text_utf8
 from .paths import cache_dir
 
 CLEAN_VERSION = 1  # 改了清洗规则就加一，旧缓存自动失效
@@ -205,10 +206,15 @@ def load_corpus(name: str = "news", split: str = "train", cache: bool = True) ->
 
     >>> text = load_corpus("news", "train")   # 约 1.7 M 字符
     """
-    path = cache_dir() / "corpus" / f"{name}_{split}_v{CLEAN_VERSION}.txt"
+    return cached_text(cache_dir() / "corpus" / f"{name}_{split}_v{CLEAN_VERSION}.txt",
+                       lambda: corpus_documents(name, split), cache)
+
+
+def cached_text(path: Path, documents, cache: bool = True) -> str:
+    """documents() 的结果连成一篇一行的纯文本；cache=True 时存在 path（原子写入），下次直接读。"""
     if cache and path.exists():
         return read_text_utf8(path)
-    text = "\n".join(corpus_documents(name, split))
+    text = "\n".join(documents())
     if cache:
         atomic_write_text(path, text)
     return text
@@ -223,9 +229,10 @@ def load_text_documents(source: str, text_field: str = "text", max_docs: int | N
     - "hf://<用户>/<数据集>/<文件路径>"：需要联网，用 huggingface_hub 下载数据集仓库里的这个文件，
       例如 "hf://pleisto/wikipedia-cn-20230720-filtered/wikipedia-cn-20230720-filtered.json"（字段 completion）。
     """
-    if source.startswith("hf://"):
+    check_int(max_docs, "max_docs", allow_none=True)
+    if isinstance(source, str) and source.startswith("hf://"):
         source = _download_from_hub(source)
-    path = Path(source)
+    path = as_path(source, "语料文件")
     fix = "请检查这个文件：它可能没下载完，或者被手工改坏了；重新下载或重新导出即可。"
     if path.suffix == ".jsonl":
         records = read_jsonl(path, "语料文件", fix)
@@ -233,6 +240,8 @@ def load_text_documents(source: str, text_field: str = "text", max_docs: int | N
         records = read_json(path, "语料文件", fix)
         if isinstance(records, dict):
             records = records.get("data") or list(records.values())
+        if not isinstance(records, list):
+            raise ValueError(f"{path} 应该是文档的列表（或 {{\"data\": [...]}}），收到 {type(records).__name__}。{fix}")
     else:
         records = read_text_utf8(path, "语料文件").splitlines()
     docs = []
@@ -241,6 +250,9 @@ def load_text_documents(source: str, text_field: str = "text", max_docs: int | N
             if text_field not in rec:
                 raise KeyError(f"{path} 第 {i + 1} 条记录没有字段 {text_field!r}（有：{sorted(rec)}）。请用 text_field= 指定正确的字段名。")
             rec = rec[text_field]
+        if not isinstance(rec, (str, int, float)) or isinstance(rec, bool):
+            raise ValueError(f"{path} 第 {i + 1} 条记录的文本应该是字符串，收到 {type(rec).__name__} {rec!r:.40}。"
+                             "JSON 里每条记录要么是字符串，要么是带 text_field 字段（字符串）的对象。")
         text = normalize_text(str(rec))
         if text:
             docs.append(text)

@@ -11,6 +11,8 @@ import random
 import numpy as np
 import torch
 
+from .checks import check_int
+
 
 def get_device(prefer: str | None = None) -> torch.device:
     """返回要用的设备。
@@ -41,6 +43,7 @@ def get_device(prefer: str | None = None) -> torch.device:
 
 def seed_everything(seed: int = 1337) -> None:
     """固定 Python、NumPy、PyTorch（含 CUDA）的随机种子，让 CPU 上的结果逐位可复现。"""
+    seed = check_int(seed, "seed", None)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

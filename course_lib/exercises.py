@@ -4,7 +4,9 @@
 """
 from __future__ import annotations
 
+import functools
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,34 @@ def _report(ok: bool, right: str, wrong: str) -> bool:
     return ok
 
 
+def _as_number(answer, kind):
+    """答案 → kind（int 或 float）；转不了（"abc"、None、列表、2.5 当整数……）时返回 None。"""
+    if isinstance(answer, numbers.Integral) and not isinstance(answer, bool):
+        return int(answer)
+    try:
+        value = float(answer)
+    except (TypeError, ValueError):
+        return None
+    if kind is float:
+        return value
+    return int(value) if math.isfinite(value) and value.is_integer() else None
+
+
+def _numeric_answer(kind):
+    """检查函数的装饰器：第一个参数（学习者的答案）先转成 kind；不是数时打印 ❌ 和原因，而不是抛出异常。"""
+    def wrap(check):
+        @functools.wraps(check)
+        def checked(answer, *args, **kwargs):
+            value = _as_number(answer, kind)
+            if value is None:
+                return _report(False, "", f"答案应该是一个{'整数' if kind is int else '数'}，收到 {type(answer).__name__} {answer!r:.40}。")
+            return check(value, *args, **kwargs)
+        return checked
+    return wrap
+
+
 # ---------------------------------------------------------------- 第 01 章
+@_numeric_answer(float)
 def check_01_uniform_nll(answer: float, vocab_size: int) -> bool:
     """练习：一个对所有 V 个字一视同仁的模型，平均负对数似然是多少？"""
     truth = math.log(vocab_size)
@@ -23,6 +52,7 @@ def check_01_uniform_nll(answer: float, vocab_size: int) -> bool:
                    "提示：每个字的概率都是 1/V，-ln(1/V) 等于多少？")
 
 
+@_numeric_answer(float)
 def check_01_best_smoothing(answer: float, train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int,
                             grid=(0.001, 0.01, 0.1, 1.0)) -> bool:
     """练习：在 grid 里，哪个平滑系数 α 让计数模型在验证集上的 NLL 最低？"""
@@ -31,10 +61,11 @@ def check_01_best_smoothing(answer: float, train_ids: torch.Tensor, val_ids: tor
     scores = {a: bigram_nll(bigram_probs(counts, a), val_ids) for a in grid}
     best = min(scores, key=scores.get)
     table = "，".join(f"α={a}: {s:.3f}" for a, s in scores.items())
-    return _report(float(answer) == best, f"{table}。", f"在验证集上逐个算一遍 NLL 再比较（不要用训练集）。")
+    return _report(float(answer) == best, f"{table}。", "在验证集上逐个算一遍 NLL 再比较（不要用训练集）。")
 
 
 # ---------------------------------------------------------------- 第 02 章
+@_numeric_answer(int)
 def check_02_attention_params(answer: int, n_embd: int, bias: bool = True) -> bool:
     """练习：CausalSelfAttention(n_embd, n_head) 有多少个参数？（与 n_head 无关！）"""
     from .attention import CausalSelfAttention
@@ -52,12 +83,13 @@ def check_02_bidirectional(fn) -> bool:
     except Exception as e:  # 学习者的代码出错：告诉他错在哪
         return _report(False, "", f"你的函数报错了：{type(e).__name__}: {e}")
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=False)
-    ok = ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-5)
+    ok = torch.is_tensor(ours) and ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-5)
     return _report(ok, "双向注意力就是 BERT 这类编码器用的注意力。",
                    "提示：去掉掩码那一步，其余（缩放、softmax、乘 V）都不变。")
 
 
 # ---------------------------------------------------------------- 第 03 章
+@_numeric_answer(int)
 def check_03_gpt_params(answer: int, cfg) -> bool:
     """练习：按公式算出 GPT(cfg) 的参数量（权重共享时 lm_head 不重复计）。"""
     from .gpt import GPT
@@ -68,6 +100,7 @@ def check_03_gpt_params(answer: int, cfg) -> bool:
 
 
 # ---------------------------------------------------------------- 第 08 章
+@_numeric_answer(float)
 def check_08_double_quant_bits(answer: float, block_size: int = 64, block_size2: int = 256) -> bool:
     """练习：NF4 + 双重量化（double quantization）平均每个权重占多少比特？
 
@@ -156,7 +189,9 @@ def check_09_stream_pieces(fn, tokenizer) -> bool:
         return _report(False, "", f"你的函数报错了：{type(e).__name__}: {e}")
     problems = []
     for text, pieces in results:
-        pieces = list(pieces)
+        got, pieces = pieces, list(pieces) if hasattr(pieces, "__iter__") and not isinstance(pieces, str) else [None]
+        if not all(isinstance(p, str) for p in pieces):
+            return _report(False, "", f"fn 应该返回字符串片段的列表（list[str]），收到 {type(got).__name__} {got!r:.40}。")
         joined = "".join(pieces)
         if joined != text and "\ufffd" in joined:
             problems.append(f"「{text}」拼起来是「{joined}」：多字节的字被劈开了，每个字节单独解码成了「�」")
@@ -191,6 +226,7 @@ def check_04_rmsnorm(fn) -> bool:
                    "提示：x 除以 √(最后一维上 x² 的均值 + eps)，再乘 weight；不要减均值（那是 LayerNorm）。")
 
 
+@_numeric_answer(int)
 def check_04_hidden_dim(answer: int, dim: int = 4096, multiple_of: int = 256,
                         ffn_dim_multiplier: float | None = None) -> bool:
     """练习：按 Llama 的规则算 SwiGLU 的中间维度（dim=4096、multiple_of=256 → 11008，Llama-2-7B）。"""
@@ -206,6 +242,7 @@ def check_04_hidden_dim(answer: int, dim: int = 4096, multiple_of: int = 256,
     return _report(int(answer) == truth, f"hidden_dim = {truth:,}（dim={dim}，multiple_of={multiple_of}）。", hint)
 
 
+@_numeric_answer(int)
 def check_04_kv_cache_bytes(answer: int, n_layers: int, n_kv_heads: int, head_dim: int, seq_len: int,
                             batch_size: int = 1, bytes_per_value: int = 2) -> bool:
     """练习：KV 缓存一共占多少字节？= 2（k 和 v）× 层数 × kv 头数 × head_dim × 上下文 × 批大小 × 每个数的字节数。"""
@@ -316,6 +353,9 @@ def check_06_labels(fn, tokenizer) -> bool:
             ours = list(fn(list(enc["input_ids"])))
         except Exception as e:  # 学习者的代码出错：告诉他错在哪
             return _report(False, "", f"你的函数报错了：{type(e).__name__}: {e}")
+        bad = [y for y in ours if not (isinstance(y, numbers.Integral) or torch.is_tensor(y) and y.numel() == 1)]
+        if bad:
+            return _report(False, "", f"fn 应该返回整数的列表（-100 或 token id），里面却有 {bad[0]!r:.30}。")
         if [int(y) for y in ours] != enc["labels"]:
             n_ok = sum(int(a) == b for a, b in zip(ours, enc["labels"]))
             return _report(False, "", f"在 {len(messages)} 条消息的对话上不一致（{n_ok}/{len(enc['labels'])} 个位置相同）。"
@@ -346,6 +386,7 @@ def check_06_sanitize(fn, tokenizer) -> bool:
 
 
 # ---------------------------------------------------------------- 第 07 章
+@_numeric_answer(int)
 def check_07_lora_params(answer: int, in_features: int, out_features: int, r: int) -> bool:
     """练习：一个 in_features → out_features 的线性层装上秩 r 的 LoRA，多出多少个可训练参数？"""
     from .lora import LoRALinear
@@ -356,6 +397,7 @@ def check_07_lora_params(answer: int, in_features: int, out_features: int, r: in
                    "提示：A 的形状是 (r, in)，B 的形状是 (out, r)；原来的权重冻结，不算可训练参数。")
 
 
+@_numeric_answer(int)
 def check_07_model_lora_params(answer: int, config, targets, r: int) -> bool:
     """练习：给 Llama(config) 里名字匹配 targets 的线性层都装上秩 r 的 LoRA，一共多少个可训练参数？"""
     from .llama import Llama

@@ -33,6 +33,17 @@ _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 _EXPLAINED = "_course_lib_explained"  # 已经换成中文说明的 OSError 带着这个属性，不再重复包装
 
 
+def as_path(path, what: str = "路径") -> Path:
+    """str / pathlib.Path → Path。None、空字符串和别的类型给出中文错误（Path("") 会悄悄变成当前文件夹）。"""
+    if isinstance(path, os.PathLike) or (isinstance(path, str) and path.strip()):
+        return Path(path)
+    if isinstance(path, str):
+        raise ValueError(f"{what}不能是空字符串：请给一个文件或文件夹的路径（空路径会变成当前文件夹）。")
+    hint = "是不是某个变量还没赋值？（例如 latest_checkpoint 找不到检查点时返回 None）" if path is None else ""
+    space = " " if what[-1:].isascii() and what[-1:].isalnum() else ""
+    raise TypeError(f"{what}{space}应该是一个路径（str 或 pathlib.Path），收到 {type(path).__name__} {path!r}。{hint}")
+
+
 def _blocking_file(folder: Path) -> Path | None:
     """folder（或它的某一级上层）的位置上其实是个文件时，返回那个文件；否则 None。"""
     for p in (folder, *folder.parents):
@@ -89,7 +100,7 @@ def atomic_open(path: str | os.PathLike):
     写不进去时（磁盘满、没有权限、路径上有同名文件……）抛出同一类的 OSError，说明是哪个路径、该怎么办。
     with 块里自己抛出的 OSError 只有「磁盘满了、文件太大」这两种会被改写（它们只可能来自写这个文件），其余原样抛出。
     """
-    path = Path(path)
+    path = as_path(path, "要写入的文件")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -168,7 +179,7 @@ def atomic_folder(path: str | os.PathLike, keep=None):
       其余旧文件随旧文件夹一起删掉，不会有上一次留下的文件混在新文件旁边。
     写的过程中，旧的和新的同时在磁盘上：需要多一份空间。
     """
-    path = Path(path)
+    path = as_path(path, "要写入的文件夹")
     if path.is_symlink():
         path = path.resolve()  # 替换链接指向的文件夹，链接本身不动
     if os.path.lexists(path) and not path.is_dir():
@@ -248,7 +259,7 @@ def _read_bytes(path: Path, what: str, fix: str | None) -> bytes:
 
 def read_text_utf8(path: str | os.PathLike, what: str = "文件", fix: str | None = None) -> str:
     """读 UTF-8 文本。找不到、是文件夹、没有权限、不是 UTF-8 时都给出中文错误（what 是文件的称呼，fix 是补救办法）。"""
-    path = Path(path)
+    path = as_path(path, what)
     return decode_utf8(_read_bytes(path, what, fix), source=f"{what} {path}")
 
 
@@ -282,7 +293,7 @@ def _json_problem(e: json.JSONDecodeError, in_line: bool = False) -> str:
 
 def read_json(path: str | os.PathLike, what: str = "文件", fix: str | None = None) -> Any:
     """读 JSON 文件。格式错误时报 ValueError：哪个文件、第几行第几列、错在哪，以及怎么重新生成（fix）。"""
-    path = Path(path)
+    path = as_path(path, what)
     text = read_text_utf8(path, what, fix)
     try:
         return json.loads(text)
@@ -296,7 +307,7 @@ def read_jsonl(path: str | os.PathLike, what: str = "文件", fix: str | None = 
 
     格式错误时报 ValueError：哪个文件、第几行第几列、错在哪，以及怎么重新生成（fix）。
     """
-    path = Path(path)
+    path = as_path(path, what)
     records = []
     # 按 \n、\r\n、\r 分行（和 open() 的文本模式一样）；不用 str.splitlines()：它还会在 JSON 字符串里合法的 U+2028 等字符处断行
     for n, line in enumerate(_NEWLINES.split(read_text_utf8(path, what, fix)), 1):
@@ -351,7 +362,7 @@ def read_safetensors(path: str | os.PathLike, what: str = "权重文件", fix: s
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = as_path(path, what)
     fix = fix or "请重新保存或重新下载这个文件。"
     if not path.is_file():
         _read_bytes(path, what, fix)  # 给出「找不到 / 是文件夹 / 没有权限」的中文错误

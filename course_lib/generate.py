@@ -14,6 +14,7 @@ StreamDecoder 把一个个 token 变成流式输出的文字，保证不会把�
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .checks import bad_input, check_int, token_ids
 from .device import eval_mode
 
 
@@ -63,7 +65,7 @@ GREEDY = Sampling(temperature=0.0)
 
 def make_generator(seed: int | None) -> torch.Generator | None:
     """seed 不是 None 时返回一个独立的 CPU 随机数发生器：采样可复现，且不影响全局随机状态。"""
-    return None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
+    return None if check_int(seed, "seed", None, allow_none=True) is None else torch.Generator(device="cpu").manual_seed(seed)
 
 
 def prompt_ids(idx) -> list[int]:
@@ -74,8 +76,7 @@ def prompt_ids(idx) -> list[int]:
                 raise ValueError(f"一次只能生成一条，收到 {idx.size(0)} 条提示（形状 {tuple(idx.shape)}）。"
                                  "请循环调用，每次传一条 (1, T) 或一维的提示。")
             idx = idx[0]
-        idx = idx.tolist()
-    ids = [int(i) for i in idx]
+    ids = token_ids(idx, "提示（prompt）")
     if not ids:
         raise ValueError("提示（prompt）是空的：至少给一个 token 作为开头（例如 BOS 的 id）。")
     return ids
@@ -150,13 +151,35 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     - repetition_penalty：> 1 时压低 prev_ids (B, T) 里出现过的 token；1 表示不用。
     - generator：传入 torch.Generator 即可让采样可复现（不影响全局随机状态）。
     """
-    logits = process_logits(logits, temperature, top_k, top_p, repetition_penalty, prev_ids)
-    if temperature <= 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = F.softmax(logits, dim=-1)
-    if generator is not None and generator.device != probs.device:
-        probs = probs.to(generator.device)
-    return torch.multinomial(probs, num_samples=1, generator=generator).to(logits.device)
+    try:
+        scores = process_logits(logits, temperature, top_k, top_p, repetition_penalty, prev_ids)
+        if temperature <= 0:
+            return scores.argmax(dim=-1, keepdim=True)
+        probs = F.softmax(scores, dim=-1)
+        if generator is not None and generator.device != probs.device:
+            probs = probs.to(generator.device)
+        return torch.multinomial(probs, num_samples=1, generator=generator).to(scores.device)
+    except (AttributeError, TypeError, RuntimeError, IndexError):  # 只在出错时才找原因，正常采样没有额外开销
+        problem = _sampling_problem(logits, prev_ids, generator)
+        if problem is None:
+            raise
+        raise ValueError(problem) from None
+
+
+def _sampling_problem(logits, prev_ids, generator) -> str | None:
+    """sample_next 出错时，用中文说明是哪个参数不对；找不出原因时返回 None（原样抛出 PyTorch 的错误）。"""
+    if not torch.is_tensor(logits) or not logits.is_floating_point() or logits.dim() != 2:
+        return f"logits 应该是 (B, V) 的浮点张量（模型输出 logits[:, -1, :]），收到 {type(logits).__name__}。"
+    if prev_ids is not None and (not torch.is_tensor(prev_ids) or prev_ids.is_floating_point()):
+        return f"prev_ids 应该是 (B, T) 的整数张量（已经出现过的 token），收到 {type(prev_ids).__name__}。"
+    if prev_ids is not None and prev_ids.numel() and not 0 <= int(prev_ids.min()) <= int(prev_ids.max()) < logits.size(-1):
+        return f"prev_ids 里有 id 超出了 logits 的词表大小 {logits.size(-1)}：它们和 logits 不是同一个模型的。"
+    if generator is not None and not isinstance(generator, torch.Generator):
+        return f"generator 应该是 torch.Generator（或 None），收到 {type(generator).__name__}。固定随机性也可以直接传 seed=。"
+    if not torch.isfinite(logits).any(dim=-1).all() or torch.isnan(logits).any():
+        return ("logits 里有 NaN（或者整行都是 -inf），没法按概率抽样。多半是模型训练发散了（损失变成了 nan）："
+                "请调小学习率、打开梯度裁剪后重新训练。")
+    return None
 
 
 class StreamDecoder:
@@ -178,13 +201,18 @@ class StreamDecoder:
     """
 
     def __init__(self, decode):
+        if not callable(decode):
+            raise TypeError(f"StreamDecoder 需要一个「id 列表 → 文本」的函数，例如 tokenizer.decode，收到 {type(decode).__name__}。")
         self.decode = decode
         self.ids: list[int] = []
         self.emitted = ""
 
     def push(self, token_id: int) -> str:
         """收下一个 token，返回这一步新确定的文字（可能是空字符串：字节还没到齐）。"""
-        self.ids.append(int(token_id))
+        try:
+            self.ids.append(int(token_id))
+        except (TypeError, ValueError):
+            raise ValueError(f"push 要的是一个 token id（整数），收到 {type(token_id).__name__} {token_id!r:.30}。") from None
         stable = self.decode(self.ids).rstrip("\ufffd")
         if len(stable) <= len(self.emitted):
             return ""
@@ -238,11 +266,14 @@ def decode(model, idx: torch.Tensor, max_new_tokens: int, sampling: Sampling = G
     - seed：固定后结果可复现（用独立的 torch.Generator，不影响全局随机状态）。
     """
     check_max_new_tokens(max_new_tokens)
+    if not torch.is_tensor(idx) or idx.dim() != 2:
+        raise bad_input(idx)
     window = model_window(model) if window is None else window
     generator = make_generator(seed)
     param = next(model.parameters(), None)
     if param is not None:
         idx = idx.to(param.device)  # 提示放到模型所在的设备上（GPU 上的模型也能直接用 CPU 张量做提示）
+    stop_ids = token_ids([stop_ids] if isinstance(stop_ids, numbers.Integral) else stop_ids, "stop_ids")
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=idx.device) if stop_ids else None
     finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     with eval_mode(model):
@@ -296,6 +327,8 @@ def generate_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
     BigramLM.generate、GPT.generate 用它。不用 KV 缓存：每步把最后 block_size 个 token 整段送进模型（最简单）；
     Llama.generate 用缓存，结果与它一致。
     """
+    if not torch.is_tensor(idx):
+        raise bad_input(idx)
     if idx.dim() == 1:
         idx = idx.unsqueeze(0)
     if idx.size(1) == 0:
@@ -316,8 +349,8 @@ def generation_speed(model, prompt: list[int], new_tokens: int = 32, repeats: in
     第 08 章用它比较量化前后的生成速度。
     """
     from .hf_adapter import HFCausalLM
-    if new_tokens < 1 or repeats < 1:
-        raise ValueError(f"new_tokens 和 repeats 都必须 ≥ 1，收到 {new_tokens}、{repeats}。")
+    check_int(new_tokens, "new_tokens")
+    check_int(repeats, "repeats")
     if hasattr(model, "generation_config"):  # transformers 的模型
         model = HFCausalLM(model)
     best = float("inf")

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import CausalSelfAttention
-from .checks import check_positive_ints, embed
+from .checks import bad_input, check_bools, check_ints, embed, next_token_loss
 from .generate import generate_tokens
 
 
@@ -36,7 +36,8 @@ class GPTConfig:
     use_sdpa: bool = True     # False → 用第 02 章手写的注意力（慢，但能看清每一步）
 
     def __post_init__(self):
-        check_positive_ints(self, ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
+        check_ints(self, ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
+        check_bools(self, ("bias", "tie_weights", "use_sdpa"))
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) 必须能被 n_head ({self.n_head}) 整除："
                              "每个注意力头分到 n_embd / n_head 维。请调整 n_embd 或 n_head。")
@@ -77,6 +78,8 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        if not isinstance(cfg, GPTConfig):
+            raise TypeError(f"GPT 需要一个 GPTConfig，收到 {type(cfg).__name__}。字典请写成 GPT(GPTConfig(**配置))。")
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
@@ -110,7 +113,10 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        B, T = idx.shape
+        try:
+            B, T = idx.shape
+        except (AttributeError, ValueError):
+            raise bad_input(idx) from None
         if T > self.config.block_size:
             raise ValueError(f"输入长度 {T} 超过了模型的上下文长度 block_size={self.config.block_size}。"
                              "请截取最后 block_size 个 token（generate() 会自动这样做）。")
@@ -121,7 +127,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))            # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+            loss = next_token_loss(logits, targets)
         return logits, loss
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

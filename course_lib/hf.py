@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as st_save
 
-from .checks import check_shapes
-from .files import atomic_folder, atomic_write_bytes, atomic_write_json, read_json, read_safetensors
+from .checks import check_float_dtype, check_int, check_shapes
+from .device import get_device
+from .files import as_path, atomic_folder, atomic_write_bytes, atomic_write_json, read_json, read_safetensors
 from .llama import Llama, LlamaConfig
 from .tokenizer import SPECIAL_TOKENS
 
@@ -113,7 +114,7 @@ def export_hf(model: Llama, folder: str | Path, sp_model_path: str | Path | None
     if not isinstance(model, Llama):
         raise TypeError(f"export_hf 只能导出 course_lib.Llama，收到 {type(model).__name__}。"
                         "GPT 的结构（LayerNorm、可学习位置嵌入）和 HF 的 Llama 不同。")
-    folder = Path(folder)
+    folder = as_path(folder, "导出的文件夹")
     sp = None
     if sp_model_path is not None:
         sp = _load_sentencepiece(sp_model_path)
@@ -125,7 +126,7 @@ def export_hf(model: Llama, folder: str | Path, sp_model_path: str | Path | None
         bos_id, eos_id, pad_id = (g if g is not None else m if m is not None else c
                                   for g, m, c in zip(given, in_model, _course_special_ids(sp)))
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
-        if value is not None and not 0 <= value < model.config.vocab_size:
+        if check_int(value, name, 0, allow_none=True) is not None and not value < model.config.vocab_size:
             raise ValueError(f"{name}={value} 不在词表范围 [0, {model.config.vocab_size}) 里。")
 
     with atomic_folder(folder, keep=lambda name: not _MODEL_FILES.fullmatch(name)) as tmp:
@@ -210,10 +211,15 @@ def _load_sentencepiece(path: str | Path):
         import sentencepiece as spm
     except ImportError:
         raise ImportError("需要 sentencepiece：pip install sentencepiece") from None
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"找不到 sentencepiece 模型 {path}，请检查路径（应该是训练分词器时得到的 .model 文件）。")
-    return spm.SentencePieceProcessor(model_file=str(path))
+    path = as_path(path, "sentencepiece 模型")
+    if not path.is_file():
+        what = "它是一个文件夹" if path.is_dir() else "路径不存在"
+        raise FileNotFoundError(f"找不到 sentencepiece 模型 {path}（{what}），请检查路径（应该是训练分词器时得到的 .model 文件）。")
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as e:
+        raise ValueError(f"{path} 不是 sentencepiece 模型文件，或者已经损坏（{str(e).strip()[:80]}）。"
+                         "请传训练分词器时得到的 tokenizer.model。") from None
 
 
 def _course_special_ids(sp) -> tuple[int | None, int | None, int | None]:
@@ -311,6 +317,8 @@ def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
         raise ValueError(f"只支持 Llama 结构（config.json 里 model_type 为 'llama'），收到 {hf.get('model_type')!r}。"
                          "Qwen、ChatGLM 等结构细节不同（例如注意力有偏置），不能直接转换。")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise ValueError(f"{source} 里的 rope_parameters / rope_scaling 应该是一个对象，收到 {rope!r:.40}。{_REDOWNLOAD}")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise ValueError(f"不支持 rope_type={rope_type!r} 的 RoPE 缩放（Llama 3.1 等长上下文模型用它）；"
@@ -352,7 +360,9 @@ def import_hf(folder: str | Path, device: str | torch.device = "cpu", dtype: tor
     dtype=None 时保持文件里的精度（例如 bf16）；也可以指定 torch.float32 等。
     模型先建在 "meta" 设备上（不占内存），再直接换上读进来的张量：7B 模型也不会占两份内存。
     """
-    folder = Path(folder)
+    folder = as_path(folder, "import_hf 的模型文件夹")
+    check_float_dtype(dtype)
+    device = get_device(device) if device is not None else None  # "tpu"、没有 GPU 时的 "cuda"：一句中文错误
     if not folder.is_dir():
         what = "路径不存在" if not folder.exists() else "这是一个文件，不是文件夹"
         raise FileNotFoundError(f"找不到模型文件夹 {folder}（{what}）。import_hf 要的是 Hugging Face 的模型文件夹"

@@ -27,10 +27,14 @@ class HFCausalLM(nn.Module):
 
     def __init__(self, hf_model: nn.Module):
         super().__init__()
+        base = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model   # peft 包过的模型
+        params = inspect.signature(base.forward).parameters if isinstance(base, nn.Module) else {}
+        if "input_ids" not in params:
+            raise TypeError(f"HFCausalLM 包装的是 transformers 的因果语言模型（forward 接受 input_ids），收到 {type(hf_model).__name__}。"
+                            "course_lib 自己的 Llama、GPT 本来就是 model(idx, targets) → (logits, loss) 的接口，直接用就行。")
         self.hf = hf_model
         # transformers 5.24 起，KV 缓存的参数名从 past_key_values 改成了 cache（旧名字会警告、5.40 删除）：两种都支持
-        base = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model   # peft 包过的模型
-        self._cache_kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
     @property
     def device(self) -> torch.device:

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import check_positive_ints, embed
+from .checks import bad_input, check_bools, check_int, check_ints, check_numbers, embed, next_token_loss
 from .generate import stream
 
 
@@ -47,7 +47,9 @@ class LlamaConfig:
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        check_positive_ints(self, ("vocab_size", "max_seq_len", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of"))
+        check_ints(self, ("vocab_size", "max_seq_len", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of"))
+        check_numbers(self, ("norm_eps", "rope_theta"), strict=True)
+        check_bools(self, ("tie_weights",))
         if self.dim % self.n_heads != 0:
             raise ValueError(f"dim ({self.dim}) 必须能被 n_heads ({self.n_heads}) 整除：每个头分到 dim / n_heads 维。"
                              "请调整 dim 或 n_heads。")
@@ -57,13 +59,11 @@ class LlamaConfig:
         if self.head_dim % 2 != 0:
             raise ValueError(f"每个头的维度 dim / n_heads = {self.head_dim} 必须是偶数：RoPE 把维度两两配对旋转。"
                              "请调整 dim 或 n_heads。")
-        if self.ffn_dim_multiplier is not None and self.ffn_dim_multiplier <= 0:
-            raise ValueError(f"ffn_dim_multiplier 必须 > 0（或 None），收到 {self.ffn_dim_multiplier}。")
+        if self.ffn_dim_multiplier is not None:
+            check_numbers(self, ("ffn_dim_multiplier",), strict=True)
         if self.hidden_dim is None:
             self.hidden_dim = llama_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
-        check_positive_ints(self, ("hidden_dim",))
-        if self.norm_eps <= 0 or self.rope_theta <= 0:
-            raise ValueError(f"norm_eps 和 rope_theta 都必须 > 0，收到 norm_eps={self.norm_eps}，rope_theta={self.rope_theta}。")
+        check_ints(self, ("hidden_dim",))
 
     @property
     def head_dim(self) -> int:
@@ -139,7 +139,8 @@ class KVCache:
 
     def __init__(self, cfg: LlamaConfig, batch_size: int = 1, capacity: int | None = None,
                  device=None, dtype: torch.dtype = torch.float32):
-        self.capacity = min(capacity or cfg.max_seq_len, cfg.max_seq_len)
+        check_int(batch_size, "KV 缓存的 batch_size")
+        self.capacity = min(check_int(capacity, "KV 缓存的 capacity", allow_none=True) or cfg.max_seq_len, cfg.max_seq_len)
         shape = (cfg.n_layers, batch_size, cfg.n_kv_heads, self.capacity, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -217,6 +218,8 @@ class LlamaBlock(nn.Module):
 class Llama(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
+        if not isinstance(cfg, LlamaConfig):
+            raise TypeError(f"Llama 需要一个 LlamaConfig，收到 {type(cfg).__name__}。字典请写成 Llama(LlamaConfig(**配置))。")
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layers))
@@ -263,7 +266,10 @@ class Llama(nn.Module):
         cache=None：普通的整段前向（训练用）。传入 KVCache：idx 接在缓存里已有的 cache.pos 个位置之后，
         RoPE 用的位置从 cache.pos 开始，算完 cache.pos 增加 T。
         """
-        B, T = idx.shape
+        try:
+            B, T = idx.shape
+        except (AttributeError, ValueError):
+            raise bad_input(idx) from None
         start = cache.pos if cache is not None else 0
         limit = cache.capacity if cache is not None else self.config.max_seq_len
         if start + T > limit:
@@ -278,7 +284,7 @@ class Llama(nn.Module):
             cache.pos += T
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+            loss = next_token_loss(logits, targets)
         return logits, loss
 
     # ------------------------------------------------------------ 生成

@@ -36,7 +36,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save as st_save
 
-from .files import atomic_write_bytes, atomic_write_json, read_json, read_safetensors
+from .checks import check_module
+from .files import as_path, atomic_folder, atomic_write_bytes, atomic_write_json, read_json, read_safetensors
 
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
@@ -119,12 +120,10 @@ def _matches(name: str, pattern: str) -> bool:
 
 
 def _normalize_targets(targets) -> list[str]:
-    if isinstance(targets, str):
-        targets = [targets]
-    targets = list(targets)
-    if not targets or not all(isinstance(t, str) and t for t in targets):
+    names = [targets] if isinstance(targets, str) else list(targets) if hasattr(targets, "__iter__") else []
+    if not names or not all(isinstance(t, str) and t for t in names):
         raise ValueError(f"targets 应该是非空的模块名列表，例如 ['q_proj', 'v_proj']，收到 {targets!r}。")
-    return targets
+    return names
 
 
 def find_targets(model: nn.Module, targets: str | Iterable[str] = ATTENTION_TARGETS) -> list[str]:
@@ -133,6 +132,7 @@ def find_targets(model: nn.Module, targets: str | Iterable[str] = ATTENTION_TARG
     每个模式至少要匹配一个线性层，否则报错并列出可选的名字——拼错一个字母时 LoRA 会悄悄少装一层，
     训练效果变差却不报错，这是很常见的坑。
     """
+    check_module(model, "LoRA")
     targets = _normalize_targets(targets)
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     chosen = [n for n in linears if any(_matches(n, t) for t in targets)]
@@ -221,6 +221,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     合并后模型结构与原模型完全相同（可以用 save_model 保存、export_hf 导出），推理没有额外开销；
     输出与合并前相同（只差浮点舍入，约 1e-6）。合并后所有参数恢复 requires_grad=True。
     """
+    check_module(model, "merge_lora")
     mods = lora_modules(model)
     if not mods:
         raise ValueError("模型里没有 LoRALinear，没有可以合并的东西。先用 inject_lora 或 load_adapter 装上 LoRA。")
@@ -258,12 +259,14 @@ def save_adapter(model: nn.Module, folder: str | Path) -> Path:
 
     基座模型的权重一个也不存：别人手里有同一个基座，加载这个小文件就能复原微调后的模型。
     """
-    folder = Path(folder)
+    folder = as_path(folder, "适配器文件夹")
     tensors = adapter_state_dict(model)
     if len({(m.r, m.alpha) for m in lora_modules(model).values()}) != 1:
         raise ValueError("模型里的 LoRA 层用了不同的 r 或 alpha，save_adapter 只支持一组 r、alpha。")
-    atomic_write_bytes(folder / ADAPTER_WEIGHTS, st_save(tensors, metadata={"format": "course_lib.lora"}))
-    atomic_write_json(folder / ADAPTER_CONFIG, _adapter_config(model, tensors))
+    # 两个文件一起换上：写到一半出错（磁盘满），文件夹里仍是旧的那一对，不会新权重配旧 config
+    with atomic_folder(folder, keep=lambda name: name not in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)) as tmp:
+        atomic_write_bytes(tmp / ADAPTER_WEIGHTS, st_save(tensors, metadata={"format": "course_lib.lora"}))
+        atomic_write_json(tmp / ADAPTER_CONFIG, _adapter_config(model, tensors))
     return folder
 
 
@@ -278,7 +281,8 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     model 还没有 LoRA 时，按 adapter_config.json 里的目标、r、alpha 自动注入；已经注入时，结构必须一致。
     基座的形状与训练适配器时不同（例如换了 dim 或层数）时，给出中文错误而不是乱装。
     """
-    folder = Path(folder)
+    check_module(model, "load_adapter")
+    folder = as_path(folder, "适配器文件夹")
     if not (folder / ADAPTER_CONFIG).exists() or not (folder / ADAPTER_WEIGHTS).exists():
         raise FileNotFoundError(f"{folder} 里没有 {ADAPTER_CONFIG} 和 {ADAPTER_WEIGHTS}，不是 save_adapter 保存的适配器。"
                                 "（peft 保存的适配器请用 peft.PeftModel.from_pretrained 加载。）")
@@ -357,7 +361,8 @@ def load_peft_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     子模块名也相同（course_lib 的 Llama 与 HF 的 LlamaForCausalLM 名字一一对应），所以只需要改张量名。
     modules_to_save 里整体训练的模块（例如 embed_tokens）也一起载入。原地修改并返回 model。
     """
-    folder = Path(folder)
+    check_module(model, "load_peft_adapter")
+    folder = as_path(folder, "peft 适配器文件夹")
     cfg_path, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     if not cfg_path.exists() or not weights.exists():
         raise FileNotFoundError(f"{folder} 里没有 adapter_config.json 和 adapter_model.safetensors，"

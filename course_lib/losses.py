@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .checks import check_int, check_module, check_tokens
 from .device import autocast, eval_mode
 
 
@@ -43,9 +44,13 @@ def evaluate_loss(model: torch.nn.Module, data, block_size: int, batch_size: int
     与 Trainer.estimate_loss（随机抽若干批，训练中快速估计）不同，这是报告最终数字用的。
     data 可以是张量或 .bin 的 memmap；max_windows 限制最多评估多少个窗口（None = 全部）。
     """
+    check_module(model, "evaluate_loss")
+    check_tokens(data, "evaluate_loss 的 data")
+    check_int(block_size, "block_size")
+    check_int(batch_size, "batch_size")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     n_windows = (len(data) - 1) // block_size
-    if max_windows is not None:
+    if check_int(max_windows, "max_windows", allow_none=True) is not None:
         n_windows = min(n_windows, max_windows)
     if n_windows <= 0:
         raise ValueError(f"数据只有 {len(data)} 个 token，不够一个长为 {block_size} 的窗口。")

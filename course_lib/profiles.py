@@ -173,6 +173,8 @@ CHAPTERS: dict[str, dict[str, dict]] = {
 def active_profile(name: str | None = None) -> str:
     """返回当前生效的 profile 名字。不认识的名字给出中文错误。"""
     name = name or os.environ.get("COURSE_PROFILE") or ("small" if torch.cuda.is_available() else "tiny")
+    if not isinstance(name, str):
+        raise ValueError(f"profile 应该是字符串 {', '.join(map(repr, PROFILES))} 之一，收到 {name!r}。")
     name = name.strip().lower()
     if name not in PROFILES:
         raise ValueError(

@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_module
+
 SCHEMES = ("int8_tensor", "int8_channel", "int8_zeropoint", "int4_group", "nf4")
 SCHEME_LABELS = {
     "int8_tensor": "int8（absmax，逐张量）",
@@ -269,7 +271,7 @@ def _check_scheme(scheme: str) -> None:
 def quantize(w: torch.Tensor, scheme: str, group_size: int = DEFAULT_GROUP_SIZE) -> QuantizedTensor:
     """用 SCHEMES 里的一种方案量化 w，返回 QuantizedTensor。group_size 只对 int4_group、nf4 起作用。"""
     _check_scheme(scheme)
-    shape = tuple(w.shape)
+    shape = tuple(w.shape) if torch.is_tensor(w) else None  # 不是张量时，下面的量化函数给出中文错误
     if scheme == "int8_tensor":
         q, s = quantize_absmax(w, 8)
         return QuantizedTensor(scheme, q, s, None, shape)
@@ -314,6 +316,9 @@ class QuantLinear(nn.Module):
 
     def __init__(self, qweight: QuantizedTensor, bias: torch.Tensor | None = None):
         super().__init__()
+        if not isinstance(qweight, QuantizedTensor):
+            raise TypeError(f"QuantLinear 要的是 quantize(...) 返回的 QuantizedTensor，收到 {type(qweight).__name__}。"
+                            "从 nn.Linear 量化请用 QuantLinear.from_linear(linear, scheme)。")
         self.out_features, self.in_features = qweight.shape
         self.scheme, self.group_size = qweight.scheme, qweight.group_size
         self.register_buffer("qweight", qweight.data)
@@ -363,6 +368,8 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int = DEFAULT_GROU
     - 一个 nn.Linear 都没换时报错（多半是传错了模型，或者它已经量化过了）。
     """
     _check_scheme(scheme)
+    check_module(model, "quantize_model")
+    skip = (skip,) if isinstance(skip, str) else tuple(skip)  # skip="lm_head" 是一个名字，不是七个字母
     if not inplace:
         model = copy.deepcopy(model)
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and not _skipped(name, skip)]

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .chat_format import IM_START, check_trainable, encode_chat, sanitize
+from .chat_format import IM_START, check_chat_tokenizer, check_trainable, encode_chat, sanitize
+from .checks import check_int, check_module
 from .distributed import dist_info
 from .files import read_json
 from .losses import batch_losses, weighted_mean
@@ -60,6 +61,8 @@ def encode_sft_example(messages, tokenizer, max_len: int | None = None) -> dict:
     超过 max_len 时按本文件开头写的策略截断；n_trainable 可能因此变成 0（调用方应跳过这个样本）。
     """
     check_trainable(messages)
+    check_chat_tokenizer(tokenizer)
+    check_int(max_len, "max_len", allow_none=True)
     ids, labels, round_starts = _encode_with_labels(messages, tokenizer)
     full = encode_chat(messages, tokenizer)
     if ids != full:  # 逐条编码必须与整段编码一致，否则掩码的位置就错了
@@ -87,13 +90,20 @@ class SFTDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, examples, tokenizer, max_len: int = 256, pad_id: int | None = None):
-        if max_len < 8:
+        if check_int(max_len, "max_len") < 8:
             raise ValueError(f"max_len={max_len} 太小，至少要放得下 bos、<|im_start|>assistant 和一个回复 token。")
         self.max_len = max_len
-        self.pad_id = tokenizer.pad_id if pad_id is None else pad_id
+        self.pad_id = tokenizer.pad_id if check_int(pad_id, "pad_id", 0, allow_none=True) is None else pad_id
         self.items, self.skipped = [], []
         n_trunc = 0
-        for ex in examples:
+        given, examples = examples, list(examples) if hasattr(examples, "__iter__") and not isinstance(examples, (str, dict)) else []
+        if not examples:
+            raise ValueError(f"examples 应该是非空的样本列表（build_sft_examples、load_alpaca 的结果，或 messages 的列表），"
+                             f"收到 {type(given).__name__} {given!r:.40}。")
+        for i, ex in enumerate(examples):
+            if isinstance(ex, dict) and "messages" not in ex:
+                raise ValueError(f"第 {i + 1} 条样本是字典，却没有 \"messages\" 键（有：{sorted(ex)}）。"
+                                 "样本的格式是 {\"messages\": [{\"role\": ..., \"content\": ...}, ...]}。")
             messages = ex["messages"] if isinstance(ex, dict) else ex
             enc = encode_sft_example(messages, tokenizer, max_len)
             if enc["n_trainable"] == 0:
@@ -228,6 +238,9 @@ def sft_trainer(model, tokenizer, train_examples, val_examples=None, config: dic
     评估记下「上次评估以来各步训练损失的平均」和整个验证集的 sft_loss。其余（AdamW、预热 + 余弦、裁剪、
     混合精度 + GradScaler、梯度累积、多卡、检查点与精确续训）都是预训练用的同一个 Trainer。参数见 train_sft。
     """
+    check_module(model, "train_sft")
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config 应该是 chapter_config('06_sft') 返回的字典，收到 {type(config).__name__} {config!r:.30}。")
     p = {k: v for k, v in {**(config or {}), **overrides}.items() if k in TRAIN_KEYS}
     missing = [k for k in TRAIN_KEYS if k not in p]
     if missing:

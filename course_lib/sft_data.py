@@ -15,8 +15,9 @@ import zlib
 from pathlib import Path
 
 from .chat_format import DEFAULT_SYSTEM, check_trainable
+from .checks import check_int
 from .data import load_idioms, load_reviews, split_of
-from .files import read_json, read_jsonl
+from .files import as_path, read_json, read_jsonl
 from .paths import repo_root
 
 TASKS = ("sentiment", "idiom_meaning", "idiom_pinyin", "idiom_chain", "idiom_source", "idiom_usage",
@@ -129,16 +130,18 @@ def dialogues_path() -> Path:
 
 def load_dialogues(path: str | Path | None = None) -> list[dict]:
     """读取手写对话（一行一段 JSON：{"id": ..., "messages": [...]}），逐条检查格式。"""
-    path = Path(path) if path is not None else dialogues_path()
+    path = as_path(path, "对话数据") if path is not None else dialogues_path()
     out = []
     fix = "请改正这一行（课程自带的 data/sft/dialogues.jsonl 可以用 git checkout 恢复）。"
     for n, obj in read_jsonl(path, "对话数据", fix, line_numbers=True):
         if not isinstance(obj, dict):
             raise ValueError(f"{path} 第 {n} 行应该是一个 JSON 对象（{{\"id\": ..., \"messages\": [...]}}），"
                              f"收到的是 {type(obj).__name__}。")
+        if "messages" not in obj:
+            raise ValueError(f"{path} 第 {n} 行（id={obj.get('id')!r}）缺少 \"messages\"（对话的消息列表）。{fix}")
         try:
             check_trainable(obj["messages"])
-        except (KeyError, ValueError) as e:
+        except ValueError as e:
             raise ValueError(f"{path} 第 {n} 行（id={obj.get('id')!r}）：{e}") from None
         out.append({"id": obj.get("id", str(n)), "messages": obj["messages"]})
     return out
@@ -154,10 +157,14 @@ def build_sft_examples(split: str, sizes: dict | None = None, seed: int = 0) -> 
     """
     if split not in SPLIT_SIZES:
         raise ValueError(f"split 只能是 'train'、'val'、'test'，收到 {split!r}。")
+    if sizes is not None and not isinstance(sizes, dict):
+        raise ValueError(f"sizes 应该是「任务 → 条数」的字典，例如 {{\"sentiment\": 10}}，收到 {sizes!r:.40}。")
     n = {**SPLIT_SIZES[split], **(sizes or {})}
     unknown = set(n) - set(TASKS)
     if unknown:
         raise ValueError(f"sizes 里有不认识的任务 {sorted(unknown)}；任务只有：{', '.join(TASKS)}。")
+    for task, k in (sizes or {}).items():
+        check_int(k, f"sizes[{task!r}]", 0, allow_none=True)
     rng = random.Random(f"sft-{split}-{seed}")
 
     def take(items: list, k: int | None) -> list:
@@ -218,12 +225,24 @@ def load_alpaca(path: str | Path, system: str | None = None) -> list[dict]:
         if not isinstance(rec, dict) or "instruction" not in rec or "output" not in rec:
             raise ValueError(f"{path} 第 {i + 1} 条不是 alpaca 格式：需要 \"instruction\" 和 \"output\" 两个键"
                              f"（\"input\" 可选），收到的键是 {sorted(rec) if isinstance(rec, dict) else type(rec).__name__}。")
+        bad = [k for k in ("instruction", "input", "output") if k in rec and not isinstance(rec[k], str)
+               and not (k == "input" and rec[k] is None)]
+        if bad:
+            raise ValueError(f"{path} 第 {i + 1} 条：{'、'.join(bad)} 应该是字符串，"
+                             f"收到 {'、'.join(type(rec[k]).__name__ for k in bad)}。")
         question = rec["instruction"] + (f"\n{rec['input']}" if rec.get("input") else "")
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": question}, {"role": "assistant", "content": rec["output"]}]
-        check_trainable(messages)
+        _check_record(path, i, messages)
         out.append({"task": "alpaca", "messages": messages, "answer": None})
     return out
+
+
+def _check_record(path, i: int, messages) -> None:
+    try:
+        check_trainable(messages)
+    except ValueError as e:
+        raise ValueError(f"{path} 第 {i + 1} 条：{e}") from None
 
 
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -240,6 +259,8 @@ def load_sharegpt(path: str | Path) -> list[dict]:
             raise ValueError(f"{path} 第 {i + 1} 条既没有 \"messages\"（OpenAI 格式）也没有 \"conversations\"（ShareGPT 格式）。")
         messages = []
         for t in turns:
+            if not isinstance(t, dict):
+                raise ValueError(f"{path} 第 {i + 1} 条里的消息应该是对象（{{\"role\": ..., \"content\": ...}}），收到 {t!r:.40}。")
             if "role" in t and "content" in t:
                 role, content = t["role"], t["content"]
             elif "from" in t and "value" in t:
@@ -249,9 +270,6 @@ def load_sharegpt(path: str | Path) -> list[dict]:
             if role not in _SHAREGPT_ROLES:
                 raise ValueError(f"{path} 第 {i + 1} 条：不认识的角色 {role!r}（认识的有：{', '.join(_SHAREGPT_ROLES)}）。")
             messages.append({"role": _SHAREGPT_ROLES[role], "content": content})
-        try:
-            check_trainable(messages)
-        except ValueError as e:
-            raise ValueError(f"{path} 第 {i + 1} 条：{e}") from None
+        _check_record(path, i, messages)
         out.append({"task": "sharegpt", "messages": messages, "answer": None})
     return out

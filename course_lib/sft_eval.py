@@ -8,7 +8,7 @@ import re
 import time
 from collections import Counter
 
-from .chat_format import encode_chat
+from .chat_format import encode_chat, validate_messages
 from .device import eval_mode
 from .generate import stream
 from .sft_data import SENTIMENT_LABELS, _idioms
@@ -48,6 +48,10 @@ def score_reply(example: dict, reply: str) -> float:
     """一条回复的得分（0–1）。sentiment：只说了对的那个标签；arithmetic：最后一个整数等于答案；
     idiom_pinyin：拼音完全一致（忽略多余空格）；idiom_chain：接的是词典里的成语，并且第一个字是题目成语的最后一个字；
     idiom_meaning / idiom_source / idiom_usage：与参考答案的字级 F1。"""
+    _check_example(example, "score_reply 的题目", ("task", "answer") + (
+        ("messages",) if isinstance(example, dict) and example.get("task") == "idiom_chain" else ()))
+    if not isinstance(reply, str):
+        raise TypeError(f"score_reply 的 reply 应该是模型回复的文字（str），收到 {type(reply).__name__}。")
     task, answer = example["task"], example["answer"]
     text = reply.strip()
     if task == "sentiment":
@@ -68,6 +72,13 @@ def score_reply(example: dict, reply: str) -> float:
     return char_f1(text, answer)
 
 
+def _check_example(example, what: str, need=("task", "messages")) -> None:
+    """评测题的格式：{"task": 任务名, "messages": 对话, "answer": 标准答案}，即 build_sft_examples 的结果。"""
+    if not isinstance(example, dict) or any(k not in example for k in need):
+        raise ValueError(f"{what}应该是 build_sft_examples 返回的那种字典（{{\"task\", \"messages\", \"answer\"}}，"
+                         f"缺少 {[k for k in need if not isinstance(example, dict) or k not in example]}），收到 {example!r:.60}。")
+
+
 IDIOM_ACC_TASKS = ("idiom_pinyin", "idiom_chain")  # idiom_acc 是这两种题的平均正确率（都是对/错两种结果）
 
 
@@ -83,7 +94,9 @@ def evaluate_sft(model, tokenizer, examples, max_new_tokens: int = 48) -> dict:
     t0 = time.perf_counter()
     samples = []
     with eval_mode(model):
-        for ex in examples:
+        for i, ex in enumerate(examples):
+            _check_example(ex, f"evaluate_sft 的第 {i + 1} 道题")
+            validate_messages(ex["messages"])
             messages = ex["messages"][:-1] if ex["messages"][-1]["role"] == "assistant" else ex["messages"]
             reply, ended = generate_reply(model, tokenizer, messages, max_new_tokens)
             score = score_reply(ex, reply) if ex.get("answer") is not None else float("nan")

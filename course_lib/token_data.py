@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import corpus_documents
-from .files import atomic_open, atomic_write_json, read_json
+from .files import as_path, atomic_open, atomic_write_json, read_json
 from .paths import runs_dir
 from .report import progress_bar
 
@@ -25,6 +25,11 @@ FORMAT = "course_lib.token_bin"
 FORMAT_VERSION = 1
 DTYPE = np.uint16
 MAX_VOCAB = 2 ** 16  # uint16 能存的 id：0…65535
+
+
+def _check_tokenizer(tokenizer, who: str) -> None:
+    if not hasattr(tokenizer, "fingerprint"):
+        raise TypeError(f"{who} 需要 BPETokenizer（要用它的 eos_id 和 fingerprint），收到 {type(tokenizer).__name__}。")
 
 
 def meta_path(path: str | os.PathLike) -> Path:
@@ -45,12 +50,13 @@ def build_token_bin(documents, tokenizer, path: str | os.PathLike, chunk_tokens:
                         f"{type(documents).__name__}（{len(documents):,} {unit}）：那样每个字符都会被当成一篇文档，"
                         "每个字后面都接一个 <|endoftext|>。请传 corpus_documents(语料, 划分) 的结果，"
                         "或者把整段文本拆成一行一篇：text.splitlines()。")
-    if not hasattr(tokenizer, "fingerprint"):
-        raise TypeError(f"build_token_bin 需要 BPETokenizer（要用它的 eos_id 和 fingerprint），收到 {type(tokenizer).__name__}。")
+    if not hasattr(documents, "__iter__"):
+        raise TypeError(f"build_token_bin 的 documents 应该是文档的列表（每个元素一篇 str），收到 {type(documents).__name__}。")
+    _check_tokenizer(tokenizer, "build_token_bin")
     if tokenizer.vocab_size > MAX_VOCAB:
         raise ValueError(f"词表有 {tokenizer.vocab_size} 个 token，uint16 最多只能存 {MAX_VOCAB} 个 id。"
                          "请用 vocab_size ≤ 65536 重新训练分词器。")
-    path = Path(path)
+    path = as_path(path, "token 文件")
     sha, n_tokens, n_documents, buffer = hashlib.sha256(), 0, 0, []
     with atomic_open(path) as f:
         for doc in progress_bar(documents, desc=f"分词 → {path.name}", unit="篇", enabled=progress):
@@ -79,7 +85,7 @@ def _write_ids(f, sha, ids: list[int]) -> int:
 
 def read_token_meta(path: str | os.PathLike) -> dict:
     """读取并检查 .bin 的元数据（不打开 .bin 本身）。"""
-    path = Path(path)
+    path = as_path(path, "token 文件")
     if not path.exists():
         raise FileNotFoundError(f"找不到 token 文件 {path}。请先运行 build_token_bin(...) 或 prepare_pretraining_data(...) 生成它。")
     if not meta_path(path).exists():
@@ -106,7 +112,9 @@ def load_token_bin(path: str | os.PathLike, tokenizer=None, verify: bool = True)
     检查：文件大小等于 token 数 × 2 字节（没被截断）；给了 tokenizer 时，指纹必须和生成文件时的一致；
     verify=True 时再核对整个文件的 sha256（1 GB 约需几秒；数据被改动或写到一半都能发现）。
     """
-    path = Path(path)
+    path = as_path(path, "token 文件")
+    if tokenizer is not None:
+        _check_tokenizer(tokenizer, "load_token_bin 的 tokenizer")
     meta = read_token_meta(path)
     expected, actual = meta["n_tokens"] * np.dtype(DTYPE).itemsize, path.stat().st_size
     if actual != expected:
@@ -138,6 +146,7 @@ def prepare_pretraining_data(tokenizer, out_dir: str | os.PathLike | None = None
     out_dir 默认是 runs_dir()/tokens/<语料>_<分词器指纹前 12 位>，换了分词器自然写到新的文件夹。
     已有且与当前分词器匹配的文件直接复用（overwrite=True 时重建）。
     """
+    _check_tokenizer(tokenizer, "prepare_pretraining_data")
     out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "tokens" / f"{corpus}_{tokenizer.fingerprint[:12]}"
     paths = {}
     for split in ("train", "val"):

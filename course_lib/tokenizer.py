@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import operator
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .checks import check_int, check_number, token_ids
 from .data import check_text
-from .files import atomic_write_bytes, atomic_write_json, check_utf8, read_json
+from .files import as_path, atomic_folder, atomic_write_bytes, atomic_write_json, check_utf8, read_json
 
 UNK = "\ufffd"  # �：Unicode 的「替换字符」，解码时看到它就知道这里原本是个没见过的字
 
@@ -36,6 +38,13 @@ class CharTokenizer:
     """
 
     def __init__(self, chars: list[str]):
+        try:
+            chars = list(chars)
+        except TypeError:
+            chars = None
+        if chars is None or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise ValueError("CharTokenizer 的词表应该是单个字符组成的列表，例如 ['中', '国']；"
+                             "要从文本建词表，请用 CharTokenizer.from_text(文本)。")
         if not chars or chars[0] != UNK:
             chars = [UNK] + [c for c in chars if c != UNK]
         if len(set(chars)) != len(chars):
@@ -48,7 +57,7 @@ class CharTokenizer:
     def from_text(cls, text: str, max_vocab: int | None = None) -> "CharTokenizer":
         check_text(text, "用来建词表的文本")
         counts = Counter(text)
-        if max_vocab is not None:
+        if check_int(max_vocab, "max_vocab", None, allow_none=True) is not None:
             if max_vocab < 2:
                 raise ValueError(f"max_vocab 至少是 2（UNK 加一个字符），收到 {max_vocab}。")
             keep = [c for c, _ in counts.most_common(max_vocab - 1)]
@@ -76,8 +85,7 @@ class CharTokenizer:
         return torch.tensor(self.encode(text), dtype=torch.long)
 
     def decode(self, ids) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
+        ids = token_ids(ids, "要解码的 token id")
         n = len(self.itos)
         bad = [i for i in ids if not 0 <= i < n]
         if bad:
@@ -136,6 +144,8 @@ def _training_lines(texts) -> list[str]:
     """把一段文本或一批文档拆成一行一条（sentencepiece 按行训练），丢掉空行。"""
     if isinstance(texts, str):
         texts = [texts]
+    elif not hasattr(texts, "__iter__"):
+        check_text(texts, "训练分词器的文本")  # 给出「应该是 str（或 str 的列表）」的中文错误
     lines = []
     for text in texts:
         if not isinstance(text, str):
@@ -166,6 +176,9 @@ class BPETokenizer:
     META_FILE = "tokenizer_meta.json"  # 不叫 tokenizer.json：那是 Hugging Face 分词器的文件名
 
     def __init__(self, model_proto: bytes, meta: dict | None = None):
+        if not isinstance(model_proto, (bytes, bytearray)):
+            raise TypeError(f"BPETokenizer(model_proto) 要的是 tokenizer.model 文件的内容（bytes），收到 {type(model_proto).__name__}。"
+                            "读取保存过的分词器请用 BPETokenizer.load(文件夹)，训练新的请用 BPETokenizer.train(文本)。")
         spm = _import_sentencepiece()
         self.sp = spm.SentencePieceProcessor()
         try:
@@ -228,6 +241,8 @@ class BPETokenizer:
           文件（fingerprint 相同）。
         - max_sentence_length：sentencepiece 默认悄悄丢掉超过 4192 字节的行，这里设成最长一行的长度。
         """
+        check_int(vocab_size, "vocab_size", None)
+        check_number(character_coverage, "character_coverage")
         if not 0.98 <= character_coverage <= 1.0:
             raise ValueError(f"character_coverage 必须在 [0.98, 1.0] 之间（sentencepiece 的要求），收到 {character_coverage}。")
         if vocab_size > MAX_VOCAB_UINT16:
@@ -296,9 +311,7 @@ class BPETokenizer:
 
     def decode(self, ids) -> str:
         """token id → 文本。ids 可以是列表、torch 张量或 numpy 数组（例如 .bin 文件里的一段）。"""
-        if isinstance(ids, (torch.Tensor, np.ndarray)):
-            ids = ids.tolist()
-        ids = [int(i) for i in ids]
+        ids = token_ids(ids, "要解码的 token id")
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"id {bad[:5]} 超出了词表范围 [0, {self.vocab_size})。是不是用错了分词器？")
@@ -306,9 +319,13 @@ class BPETokenizer:
 
     def id_to_piece(self, i: int) -> str:
         """一个 id 对应的词片，例如 '中国'、'<0xE4>'（字节）、'▁'（空格）。"""
-        if not 0 <= int(i) < self.vocab_size:
+        try:
+            i = operator.index(i)
+        except TypeError:
+            raise ValueError(f"id_to_piece 要的是一个整数 id，收到 {type(i).__name__} {i!r:.30}。") from None
+        if not 0 <= i < self.vocab_size:
             raise ValueError(f"id {i} 超出了词表范围 [0, {self.vocab_size})。")
-        return self.sp.id_to_piece(int(i))
+        return self.sp.id_to_piece(i)
 
     def chars_per_token(self, text: str) -> float:
         """平均每个 token 代表几个字符（越大，同样的上下文长度装下的文字越多）。CharTokenizer 恰好是 1。"""
@@ -317,22 +334,26 @@ class BPETokenizer:
 
     # ------------------------------------------------------------ 保存与读取
     def save(self, folder: str | Path) -> Path:
-        """写 folder/tokenizer.model 和 folder/tokenizer_meta.json（都原子写入），返回 folder。"""
-        folder = Path(folder)
-        atomic_write_bytes(folder / self.MODEL_FILE, self.model_proto)
+        """写 folder/tokenizer.model 和 folder/tokenizer_meta.json，返回 folder。
+
+        两个文件一起换上（atomic_folder）：写到一半出错，文件夹里仍是旧的那一对；同一文件夹里的其他文件（例如模型）原样保留。
+        """
+        folder = as_path(folder, "分词器文件夹")
         meta = {"type": "BPETokenizer", "version": 1, "vocab_size": self.vocab_size,
                 "sha256": self.fingerprint, "special_tokens": self.special_tokens,
                 "bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id, "unk_id": self.unk_id,
                 "im_start_id": self.im_start_id, "im_end_id": self.im_end_id,
                 "sentencepiece_version": _import_sentencepiece().__version__,
                 "training": self.meta.get("training")}  # 训练时的选项和语料规模，方便复现
-        atomic_write_json(folder / self.META_FILE, meta)
+        with atomic_folder(folder, keep=lambda name: name not in (self.MODEL_FILE, self.META_FILE)) as tmp:
+            atomic_write_bytes(tmp / self.MODEL_FILE, self.model_proto)
+            atomic_write_json(tmp / self.META_FILE, meta)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> "BPETokenizer":
         """读取 save() 保存的分词器，并用 sha256 检查模型文件没有损坏、没有被换掉。"""
-        folder = Path(folder)
+        folder = as_path(folder, "分词器文件夹")
         model_path, meta_path = folder / cls.MODEL_FILE, folder / cls.META_FILE
         for path in (model_path, meta_path):
             if not path.exists():

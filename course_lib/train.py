@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_positive_ints, check_tokens
+from .checks import check_bools, check_int, check_ints, check_module, check_numbers, check_tokens, check_windows
 from .checkpoint import (TrainingFinishedError, describe_diff, latest_checkpoint, load_unique_state_dict,
                          model_fingerprint, read_checkpoint, write_checkpoint)
 from .device import autocast, needs_grad_scaler
 from .distributed import barrier, dist_info, gather, mean_over_ranks, setup_distributed
+from .files import as_path
 from .flops import flops_per_token, peak_flops
 from .losses import batch_losses, lm_loss
 from .report import progress_bar
@@ -63,25 +64,22 @@ class TrainConfig:
     resume: str | None = None     # 续训：检查点文件夹的路径；"auto" = checkpoint_dir 里有检查点就续训，没有就从头训练
 
     def __post_init__(self):
-        check_positive_ints(self, ("max_steps", "batch_size", "block_size", "eval_iters", "grad_accum_steps"))
-        for name in ("eval_interval", "warmup_steps", "checkpoint_interval", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"TrainConfig.{name} 必须是整数，收到 {value!r}。")
-        for name in ("lr", "min_lr_ratio", "weight_decay") + (("grad_clip",) if self.grad_clip is not None else ()):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"TrainConfig.{name} 必须是不小于 0 的数，收到 {value!r}。")
-        if len(tuple(self.betas)) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+        check_ints(self, ("max_steps", "batch_size", "block_size", "eval_iters", "grad_accum_steps"))
+        check_ints(self, ("eval_interval", "warmup_steps", "checkpoint_interval"), minimum=0)  # 0：不评估/不预热/只在最后存
+        check_ints(self, ("seed",), minimum=None)
+        check_numbers(self, ("lr",), strict=True)
+        check_numbers(self, ("min_lr_ratio",), high=1.0)
+        check_numbers(self, ("weight_decay",) + (("grad_clip",) if self.grad_clip is not None else ()))
+        check_bools(self, ("progress", "log", "compile"))
+        betas = tuple(self.betas) if hasattr(self.betas, "__iter__") and not isinstance(self.betas, str) else ()
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
             raise ValueError(f"betas 必须是两个 [0, 1) 之间的数，例如 (0.9, 0.95)，收到 {self.betas!r}。")
-        if self.eval_interval < 0:
-            raise ValueError(f"eval_interval 不能是负数（0 表示不评估），收到 {self.eval_interval}。")
-        if self.lr <= 0:
-            raise ValueError(f"学习率 lr 必须 > 0，收到 {self.lr}。")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule 只能是 'cosine' 或 'constant'，收到 {self.schedule!r}。")
-        if self.checkpoint_interval < 0:
-            raise ValueError(f"checkpoint_interval 不能是负数（0 表示只在结束时保存），收到 {self.checkpoint_interval}。")
+        for name in ("checkpoint_dir", "resume"):
+            value = getattr(self, name)
+            if value not in (None, "", "auto") and as_path(value, f"TrainConfig.{name}").is_file():
+                raise ValueError(f"TrainConfig.{name}={str(value)!r} 是一个文件：检查点是文件夹，请换一个文件夹的路径。")
         if self.checkpoint_interval and not self.checkpoint_dir:
             raise ValueError("设置了 checkpoint_interval，却没有 checkpoint_dir：请同时给出检查点要存到哪个文件夹。")
         if self.resume == "auto" and not self.checkpoint_dir:
@@ -116,17 +114,20 @@ def get_batch(data, block_size: int, batch_size: int, generator: torch.Generator
     多卡时：每个进程用同一个随机数生成器抽出整个全局批（batch_size × world_size 个起点），
     再取属于自己的第 rank 段。所以 N 个进程合起来看到的数据，和 1 个进程用 N 倍批大小看到的完全一样。
     """
-    n = len(data)
-    if n <= block_size:
-        raise ValueError(f"数据只有 {n} 个 token，不够截取长为 block_size={block_size} 的窗口（需要至少 {block_size + 1} 个）。"
-                         "请换更长的语料，或调小 block_size。")
-    starts = torch.randint(n - block_size, (batch_size * world_size,), generator=generator)
-    starts = starts[rank * batch_size:(rank + 1) * batch_size]
-    index = starts[:, None] + torch.arange(block_size + 1)  # (B, T+1)
-    if isinstance(data, np.ndarray):
-        chunk = torch.from_numpy(data[index.numpy()].astype(np.int64))
-    else:
-        chunk = data[index].long()
+    try:
+        n = len(data)
+        if not 0 < block_size < n:
+            check_windows(data, block_size, batch_size)  # 说明是哪个参数不对
+        starts = torch.randint(n - block_size, (batch_size * world_size,), generator=generator)
+        starts = starts[rank * batch_size:(rank + 1) * batch_size]
+        index = starts[:, None] + torch.arange(block_size + 1)  # (B, T+1)
+        if isinstance(data, np.ndarray):
+            chunk = torch.from_numpy(data[index.numpy()].astype(np.int64))
+        else:
+            chunk = data[index].long()
+    except (TypeError, IndexError, RuntimeError):  # 只在出错时才检查参数：正常取批没有额外开销
+        check_windows(data, block_size, batch_size)
+        raise
     x, y = chunk[:, :-1], chunk[:, 1:]
     device = torch.device(device)
     if device.type == "cuda":
@@ -142,10 +143,7 @@ class RandomWindows:
     """
 
     def __init__(self, data, block_size: int, batch_size: int, seed: int = 1337, rank: int = 0, world_size: int = 1):
-        check_tokens(data, "train_data")
-        if len(data) <= block_size:
-            raise ValueError(f"train_data 只有 {len(data)} 个 token，比 block_size={block_size} 还短。"
-                             "请换更长的语料，或调小 block_size。")
+        check_windows(data, block_size, batch_size, "train_data")
         self.data, self.block_size, self.batch_size = data, block_size, batch_size
         self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
@@ -174,7 +172,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
               {"params": no_decay, "weight_decay": 0.0}]
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), **extra)
-
 
 
 @dataclass
@@ -209,6 +206,10 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, train_data=None, val_data=None, config: TrainConfig | None = None, *,
                  batches=None, loss_fn=None, evaluate=None, desc: str = "训练"):
+        check_module(model, "Trainer")
+        if config is not None and not isinstance(config, TrainConfig):
+            raise TypeError(f"Trainer 的 config 应该是 TrainConfig(...)，收到 {type(config).__name__}。字典请写成 TrainConfig(**配置)"
+                            "（只留 TrainConfig 认识的键）。")
         self.cfg = config or TrainConfig()
         self.rank, _, self.world_size = dist_info()
         self.device = setup_distributed(self.cfg.device)
@@ -222,9 +223,8 @@ class Trainer:
         for name, data in (("train_data", train_data), ("val_data", val_data)):
             if data is not None:
                 check_tokens(data, name, vocab if isinstance(vocab, int) else None)
-        if val_data is not None and evaluate is None and len(val_data) <= self.cfg.block_size:
-            raise ValueError(f"val_data 只有 {len(val_data)} 个 token，比 block_size={self.cfg.block_size} 还短。"
-                             "请换更长的语料，或调小 block_size。")
+        if val_data is not None and evaluate is None:
+            check_windows(val_data, self.cfg.block_size, name="val_data")
         self.model = model.to(self.device)
         self.train_data, self.val_data = train_data, val_data
         self.batches, self.loss_fn, self.desc = batches, loss_fn or lm_loss, desc
@@ -332,7 +332,7 @@ class Trainer:
         设置了 checkpoint_dir 时，每 checkpoint_interval 步、以及每次返回前都保存检查点。
         """
         cfg = self.cfg
-        end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
+        end = cfg.max_steps if check_int(stop_at, "stop_at", 0, allow_none=True) is None else min(stop_at, cfg.max_steps)
         self.model.train()
         if self.step == 0 and cfg.eval_interval:
             self._evaluate_and_log()

@@ -312,7 +312,7 @@ def test_load_model_tells_the_cases_apart(tmp_path):
     error(ValueError, r"缺少必填的字段 \['vocab_size'\]")
     (folder / "config.json").write_text(json.dumps({**meta, "config": {**meta["config"], "vocab_size": 60}}))
     error(ValueError, r"结构不符（1 个张量的形状不同）：wte.weight 在 model.safetensors 里是 \(50, 32\)，"
-                      r"按 config.json 建的模型里是 \(60, 32\)")
+                      r"按 config.json 应该是 \(60, 32\)")
 
 
 def test_truncated_or_pickled_weights(tmp_path):

@@ -72,7 +72,7 @@ def test_recipe_end_to_end_small(tmp_path, capsys):
 
 
 def test_cli_refuses_to_overwrite_published_model_with_changed_recipe(capsys):
-    assert main(["--max_steps", "3"]) == 1
+    assert main(["--max_steps", "3"]) == 2  # 参数错误：退出码 2，和其他命令一样
     assert "--out" in capsys.readouterr().err
-    assert main(["--no_such_key", "1", "--out", "x"]) == 1
+    assert main(["--no_such_key", "1", "--out", "x"]) == 2
     assert "不认识的参数" in capsys.readouterr().err

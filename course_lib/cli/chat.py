@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, RuntimeError, OSError, ImportError) as e:
         print(f"错误：{e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # 读模型（或现场训练 SFT 模型）时按了 Ctrl-C
+        print("\n已取消。", file=sys.stderr)
+        return 130
     print(f"模型：{description}（上下文窗口 {session.context_length} 个 token）\n{HELP}", flush=True)
     repl(session, _stdin_reader)
     return 0

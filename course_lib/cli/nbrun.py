@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..files import atomic_write_json, atomic_write_text
 from ..paths import repo_root
+from ..profiles import active_profile
 from . import ArgumentParser
 
 ROOT = repo_root() or Path.cwd()
@@ -128,6 +129,21 @@ def record_timing(name: str, seconds: float, profile: str) -> dict:
     return timings
 
 
+def _check_notebook(path: Path) -> Path:
+    """要执行的 notebook 必须存在、是 .ipynb、在仓库的 notebooks/ 里（计时按 notebooks/ 下的相对路径记录）。"""
+    path = path.resolve()
+    if not path.is_file() or path.suffix != ".ipynb":
+        raise ValueError(f"{path} {'不存在' if not path.exists() else '不是 .ipynb 文件'}：请给 notebooks/ 里的 notebook。")
+    if not path.is_relative_to(ROOT / "notebooks"):
+        raise ValueError(f"{path} 不在 {ROOT / 'notebooks'} 里：nbrun 只执行课程仓库里的 notebook。")
+    nbformat, _ = _nbformat()
+    try:
+        nbformat.read(path, as_version=4)
+    except (ValueError, KeyError, OSError) as e:  # NotJSONError 也是 ValueError
+        raise ValueError(f"{path} 不是合法的 notebook（{type(e).__name__}）：文件可能被改坏了，可以用 git checkout 恢复。") from None
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m course_lib.nbrun", description=__doc__,
                                  formatter_class=RawDescriptionHelpFormatter)
@@ -136,12 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=1800, help="每个格子的超时秒数")
     ap.add_argument("--update-readme", action="store_true", help="把实测用时写进 README 的表格")
     args = ap.parse_args(argv)
+    paths = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
+    try:  # 执行任何一本之前先检查参数：一行中文错误，退出码 2
+        active_profile(args.profile)
+        if args.timeout <= 0:
+            raise ValueError(f"--timeout 必须是正整数（每个格子最多执行多少秒），收到 {args.timeout}。")
+        paths = [_check_notebook(p) for p in paths]
+    except ValueError as e:
+        ap.error(f"{e}")
     os.environ["COURSE_PROFILE"] = args.profile
     os.environ["TQDM_DISABLE"] = "1"  # 进度条是给人看的；写进文件的输出只保留摘要行
-    paths = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
     timings = {"notebooks": {}}
     for p in paths:
-        p = p.resolve()
         seconds = execute(p, args.timeout)
         name = p.relative_to(ROOT / "notebooks").as_posix()
         timings = record_timing(name, seconds, args.profile)  # 每跑完一本就记下，中途失败也不丢前面的

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import WEIGHTS, TrainingFinishedError, latest_checkpoint, load_model, save_model
-from ..data import corpus_documents
+from ..data import CORPORA, corpus_documents
 from ..device import get_device
 from ..distributed import barrier, cleanup_distributed, dist_info, setup_distributed
-from ..files import atomic_open, atomic_write_json, atomic_write_text
+from ..files import atomic_open, atomic_write_json, atomic_write_text, write_error
 from ..llama import Llama, LlamaConfig
 from ..profiles import active_profile, chapter_config
 from ..token_data import load_token_bin, prepare_pretraining_data
@@ -115,6 +115,33 @@ def _load_or_train_tokenizer(folder: Path, corpus: str, vocab_size: int, max_cha
     return BPETokenizer.train(docs, folder, vocab_size=vocab_size)
 
 
+def configs(p: dict, vocab_size: int, out: Path) -> tuple[LlamaConfig, TrainConfig]:
+    """配置 p → (模型结构, 训练设置)。命令行在做任何耗时的事之前先调用一次：--max_steps -5 这类错误立刻报出来。"""
+    if p["corpus"] not in CORPORA:
+        raise ValueError(f"不认识的语料 --corpus {p['corpus']!r}。可选：{', '.join(CORPORA)}。")
+    model_cfg = LlamaConfig(vocab_size=vocab_size, max_seq_len=p["block_size"], dim=p["dim"], n_layers=p["n_layers"],
+                            n_heads=p["n_heads"], n_kv_heads=p["n_kv_heads"], tie_weights=p.get("tie_weights", False))
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in p.items() if k in fields}, checkpoint_dir=str(out / "checkpoints"),
+                      resume="auto")
+    return model_cfg, cfg
+
+
+def check_out(out) -> Path:
+    """--out 必须是一个（可以新建的）文件夹；现在就建好，写不进去时立刻报错，而不是训练完才发现。"""
+    if not str(out).strip():
+        raise ValueError("--out 不能是空的：请给一个新文件夹，例如 --out data/runs/pretrain_tiny"
+                         "（空字符串会把文件写进当前目录）。")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} 是一个文件，不是文件夹：请换一个文件夹的路径。")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(str(write_error(e, out / "tokenizer"))) from None
+    return out
+
+
 def _append_jsonl(path: Path, record: dict) -> None:
     """在 JSON Lines 文件末尾追加一行（整个文件原子重写：日志很小）。"""
     old = path.read_text(encoding="utf-8") if path.exists() else ""
@@ -147,12 +174,8 @@ def pretrain(p: dict, out: str | os.PathLike, profile: str = "custom", overrides
         say(f"数据：train {len(train):,} 个 token，val {len(val):,} 个 token（{paths['train'].parent}）")
 
         torch.manual_seed(p["seed"])
-        model = Llama(LlamaConfig(vocab_size=tok.vocab_size, max_seq_len=p["block_size"], dim=p["dim"],
-                                  n_layers=p["n_layers"], n_heads=p["n_heads"], n_kv_heads=p["n_kv_heads"],
-                                  tie_weights=p.get("tie_weights", False)))
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        cfg = TrainConfig(**{k: v for k, v in p.items() if k in fields}, checkpoint_dir=str(out / "checkpoints"),
-                          resume="auto")
+        model_cfg, cfg = configs(p, tok.vocab_size, out)
+        model = Llama(model_cfg)
         global_batch = cfg.batch_size * cfg.grad_accum_steps * world_size
         say(f"模型：Llama，{model.num_params() / 1e6:.2f} M 参数；每步 {global_batch} 条 × {cfg.block_size} token"
             f"（每进程 {cfg.batch_size} × 累积 {cfg.grad_accum_steps} × {world_size} 个进程）")
@@ -203,22 +226,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         profile, out, overrides = _parse_args(argv)
-        if not out.strip():
-            raise ValueError("--out 不能是空的：请给一个新文件夹，例如 --out data/runs/pretrain_tiny"
-                             "（空字符串会把文件写进当前目录）。")
-        if Path(out).exists() and not Path(out).is_dir():
-            raise ValueError(f"--out {out} 是一个文件，不是文件夹：请换一个文件夹的路径。")
         profile = active_profile(profile)
         p = chapter_config(CHAPTER, profile, **overrides)
+        configs(p, p["vocab_size"], Path(out))  # 设置不合法（--max_steps -5、--dim 130）：现在就报，不等分词器训练完
         get_device()  # COURSE_DEVICE=cuda 但没有 GPU 之类：现在就说清楚，而不是训练开始时给 traceback
+        out = check_out(out)
     except (ValueError, KeyError, RuntimeError) as e:
         print(f"错误：{e.args[0] if e.args else e}", file=sys.stderr)
         return 2
+    return run_command(lambda: pretrain(p, out, profile=profile, overrides=overrides), out / "checkpoints")
+
+
+def run_command(work, checkpoints: Path) -> int:
+    """执行耗时的部分：出错时打印一行中文错误（退出码 1），Ctrl-C 时说明进度保存在哪里（退出码 130），都没有 traceback。"""
     try:
-        pretrain(p, out, profile=profile, overrides=overrides)
+        work()
         return 0
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"错误：{e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\n已中断。最新的检查点在 {checkpoints}：重新运行同一条命令会从那里续训。", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, RuntimeError, OSError) as e:
+        print(f"错误：{' '.join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__}",
+              file=sys.stderr)
         return 1
 
 

@@ -21,13 +21,21 @@ from ..paths import runs_dir
 from ..reference import HEAD_WINDOWS, REFERENCE_CONFIG, reference_dir
 from ..token_data import load_token_bin, prepare_pretraining_data
 from ..tokenizer import BPETokenizer
-from .pretrain import parse_options, parse_overrides, pretrain
+from .pretrain import check_out, configs, parse_options, parse_overrides, pretrain, run_command
 
 
-def _parse(argv: list[str]) -> tuple[Path | None, dict]:
+def _parse(argv: list[str]) -> tuple[str | None, dict]:
     options = parse_options(argv)
     out = options.pop("out", None)
-    return (Path(out) if out is not None else None), parse_overrides(options, REFERENCE_CONFIG, "--out")
+    return out, parse_overrides(options, REFERENCE_CONFIG, "--out")
+
+
+_NEED_OUT = "改动了训练配方时，请用 --out 指定另一个目录，以免覆盖仓库里发布的参考模型 assets/base_model。"
+
+
+def _work_dir(overrides: dict) -> Path:
+    """中间产物（检查点、token 文件）的文件夹：改动了配方的试跑放在另一个文件夹，不碰正式的那一份。"""
+    return runs_dir() / ("reference" if not overrides else "reference_custom")
 
 
 def build_reference(out: str | Path | None = None, work: str | Path | None = None, **overrides) -> Path:
@@ -37,9 +45,9 @@ def build_reference(out: str | Path | None = None, work: str | Path | None = Non
     """
     p = {**REFERENCE_CONFIG, **overrides}
     if overrides and out is None:
-        raise ValueError("改动了训练配方时，请用 --out 指定另一个目录，以免覆盖仓库里发布的参考模型 assets/base_model。")
+        raise ValueError(_NEED_OUT)
     out = Path(out) if out is not None else reference_dir()
-    work = Path(work) if work is not None else runs_dir() / ("reference" if not overrides else "reference_custom")
+    work = Path(work) if work is not None else _work_dir(overrides)
     model_dir = pretrain(p, work, profile="reference", overrides=overrides, title="参考基座模型")
     tok = BPETokenizer.load(model_dir)
     model = load_model(model_dir)
@@ -125,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         out, overrides = _parse(argv)
-        build_reference(out, **overrides)
-        return 0
-    except (ValueError, FileNotFoundError) as e:
-        print(f"错误：{e}", file=sys.stderr)
-        return 1
+        if overrides and out is None:
+            raise ValueError(_NEED_OUT)
+        p = {**REFERENCE_CONFIG, **overrides}
+        configs(p, p["vocab_size"], runs_dir())  # 设置不合法时现在就报错，不等训练开始
+        out = check_out(out) if out is not None else None
+    except (ValueError, KeyError) as e:
+        print(f"错误：{e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    return run_command(lambda: build_reference(out, **overrides), _work_dir(overrides) / "checkpoints")

@@ -32,17 +32,23 @@ def main(argv: list[str] | None = None) -> int:
     from ..plotting import setup_chinese_font
     from ..report import print_environment
 
+    from ..device import get_device
     from ..profiles import active_profile
     try:
-        active_profile()  # COURSE_PROFILE 写错时给一行中文错误，而不是 traceback
-    except ValueError as e:
+        active_profile()  # COURSE_PROFILE、COURSE_DEVICE 写错时给一行中文错误，而不是 traceback
+        get_device()
+    except (ValueError, RuntimeError) as e:
         print(f"错误：{e}", file=sys.stderr)
         return 2
     print("== 课程环境 ==")
     print_environment()
     print(f"中文字体     : {setup_chinese_font()}")
     t0 = time.perf_counter()
-    n = len(load_corpus("news", "train"))
+    try:
+        n = len(load_corpus("news", "train"))
+    except (OSError, ValueError) as e:  # 数据目录写不进去（COURSE_DATA_DIR 指向一个文件、只读）、数据包坏了
+        print(f"错误：{e}", file=sys.stderr)
+        return 1
     print(f"离线语料     : 人民日报 1998-01 训练集 {n:,} 个字符（{time.perf_counter() - t0:.1f} 秒）")
     if "--check" in argv or os.environ.get("CI", "").lower() in ("1", "true"):
         print("检查完成（CI 或 --check：不启动 JupyterLab）。")
