@@ -4,6 +4,7 @@
 - reference.py：python -m course_lib.reference 一条命令重建参考基座模型
 - chat.py：python -m course_lib.chat          在终端里和模型对话（第 09 章）
 - start.py：python -m course_lib.start        检查环境、打开 JupyterLab（README 的第一条命令）
+- eval.py：python -m course_lib.eval           评测一个模型，写成绩单（docs/report_*.md）
 - nbrun.py：python -m course_lib.nbrun        维护者工具：原地重新执行 notebook、记录用时
 
 老的 python -m course_lib.xxx 写法都保留：那些模块末尾只是把命令转到这里。
