@@ -35,7 +35,7 @@ from .files import as_path, atomic_write_text, check_utf8, read_json, read_jsonl
 from .paths import cache_dir
 
 CLEAN_VERSION = 1  # 改了清洗规则就加一，旧缓存自动失效
-CORPORA = ("news", "reviews", "idioms", "mix")
+CORPORA = ("news", "reviews", "idioms", "mix", "course")  # course = mix + 古诗文、字典、歇后语（见 knowledge.course_documents）
 SPLITS = ("train", "val")
 
 _FULLWIDTH_ALNUM = {c: c - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))
@@ -198,6 +198,9 @@ def corpus_documents(name: str, split: str = "train") -> list[str]:
         return [r.text for r in load_reviews(split)]
     if name == "idioms":
         return [i.as_text() for i in load_idioms(split)]
+    if name == "course":
+        from .knowledge import course_documents
+        return course_documents(split)
     return corpus_documents("news", split) + corpus_documents("reviews", split) + corpus_documents("idioms", split)
 
 
@@ -206,7 +209,11 @@ def load_corpus(name: str = "news", split: str = "train", cache: bool = True) ->
 
     >>> text = load_corpus("news", "train")   # 约 1.7 M 字符
     """
-    return cached_text(cache_dir() / "corpus" / f"{name}_{split}_v{CLEAN_VERSION}.txt",
+    suffix = ""
+    if name == "course":   # 还取决于知识数据：它们变了，缓存也要换
+        from .knowledge import CLASSICS_SHA256, KNOWLEDGE_VERSION
+        suffix = f"_k{KNOWLEDGE_VERSION}_{CLASSICS_SHA256[:8]}"
+    return cached_text(cache_dir() / "corpus" / f"{name}_{split}_v{CLEAN_VERSION}{suffix}.txt",
                        lambda: corpus_documents(name, split), cache)
 
 

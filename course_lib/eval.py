@@ -366,7 +366,8 @@ def evaluate(subject: Subject, tasks=None, limit: int | None = None, baselines: 
     bigram = None
     if baselines and (set(tasks) & set(items.CHOICE_TASKS) or "bpc" in tasks):
         corpus = subject.info.get("corpus") or "mix"
-        bigram = CountingBigram(corpus if corpus in ("news", "reviews", "idioms", "mix") else "mix")
+        from .data import CORPORA
+        bigram = CountingBigram(corpus if corpus in CORPORA else "mix")
         result["baseline_bigram"] = {"corpus": bigram.corpus, "smoothing": bigram.smoothing}
     for task in (t for t in tasks if t in items.CHOICE_TASKS):
         result["knowledge"][task] = {}

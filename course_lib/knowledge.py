@@ -281,6 +281,37 @@ def knowledge_documents(name: str, split: str = "train") -> list[str]:
     return [d for n in ("classics", "characters", "xiehouyu") for d in knowledge_documents(n, split)]
 
 
+UPWEIGHT = 4   # course 语料的 train 划分里，名篇和常用成语各出现这么多次（其余文档一次）
+
+
+def frequent_idioms(split: str = "train", min_count: int = 2) -> list:
+    """在新闻（train 划分）里至少出现 min_count 次的成语：「常用成语」（确定性，按词典顺序）。"""
+    from collections import Counter
+
+    from .data import corpus_documents, load_idioms
+    idioms = load_idioms(split)
+    news = "\n".join(corpus_documents("news", "train"))
+    counts: Counter = Counter()
+    for n in sorted({len(i.word) for i in idioms}):
+        words = {i.word for i in idioms if len(i.word) == n}
+        counts.update(g for g in (news[k:k + n] for k in range(len(news) - n + 1)) if g in words)
+    return [i for i in idioms if counts[i.word] >= min_count]
+
+
+def course_documents(split: str = "train") -> list[str]:
+    """course 语料（给新的参考基座模型）：mix（新闻 + 评论 + 成语）+ 古诗文、字典、歇后语。
+
+    train 划分里名篇（FAMOUS 的集子）和常用成语（frequent_idioms）各重复到 UPWEIGHT 次：小模型读一遍记不住，
+    这样「见过的题」里有一批读过好几遍的，能测出「读得多就记得住」。val 不重复。test 划分永远不在这里。
+    """
+    from .data import corpus_documents
+    docs = corpus_documents("mix", split) + knowledge_documents("knowledge", split)
+    if split == "train":
+        extra = classics_documents(load_classics("train", famous=True)) + [i.as_text() for i in frequent_idioms("train")]
+        docs += extra * (UPWEIGHT - 1)
+    return docs
+
+
 def load_knowledge_corpus(name: str = "knowledge", split: str = "train", cache: bool = True) -> str:
     """清洗好的纯文本，一篇文档一行；缓存在 data/cache/corpus/（原子写入）。"""
     return cached_text(cache_dir() / "corpus" / f"knowledge_{name}_{split}_v{KNOWLEDGE_VERSION}_{CLASSICS_SHA256[:8]}.txt",

@@ -3,6 +3,7 @@ import hashlib
 import lzma
 import re
 from pathlib import Path
+from collections import Counter
 
 import pytest
 
@@ -213,3 +214,23 @@ def test_xz_payload_is_sorted_json_lines():
     with lzma.open(KNOWLEDGE / "xiehouyu.jsonl.xz", "rt", encoding="utf-8") as f:
         first = f.readline()
     assert first.startswith('{"answers":[') and '"riddle":' in first
+
+
+# ---------------------------------------------------------------- course 语料：新参考模型的预训练文本
+def test_course_corpus_is_mix_plus_knowledge_with_famous_texts_upweighted_and_no_test_text():
+    from course_lib.data import load_corpus, load_idioms
+    from course_lib.knowledge import UPWEIGHT, classics_documents, frequent_idioms
+    train = load_corpus("course", "train").split("\n")
+    val = load_corpus("course", "val").split("\n")
+    counts = Counter(train)
+    famous = classics_documents(load_classics("train", famous=True))
+    assert famous and all(counts[d] >= UPWEIGHT for d in famous[:200])
+    frequent = frequent_idioms()
+    assert 200 < len(frequent) < 5000 and all(counts[i.as_text()] >= UPWEIGHT for i in frequent[:200])
+    ordinary = [i.as_text() for i in load_idioms("train") if i not in set(frequent)][:200]
+    assert all(counts[d] == 1 for d in ordinary)
+    assert set(load_corpus("mix", "train").split("\n")) <= set(counts)
+    test_docs = set(classics_documents(load_classics("test"))) | {i.as_text() for i in load_idioms("test")}
+    assert not test_docs & set(counts) and not test_docs & set(val)
+    # val 不重复：正好是 mix 和知识语料的 val
+    assert val == load_corpus("mix", "val").split("\n") + load_knowledge_corpus("knowledge", "val").split("\n")
