@@ -122,22 +122,22 @@ def load_subject(name: str, device="cpu") -> Subject:
         path = sft_model_dir()
     else:
         path = Path(name).expanduser()
-    model, tokenizer, description = load_chat_model(str(path) if isinstance(path, Path) and path.exists() else name,
+    model, tokenizer, description = load_chat_model(str(path) if path.exists() else name,
                                                     device=device)
     from .paths import repo_root
     root, shown = repo_root(), str(path)
-    if isinstance(path, Path) and root is not None and path.resolve().is_relative_to(root.resolve()):
+    if root is not None and path.resolve().is_relative_to(root.resolve()):
         shown = path.resolve().relative_to(root.resolve()).as_posix()     # 成绩单里写仓库内的相对路径
     description = {"base": "参考基座模型", "sft": "第 06 章的 SFT 模型（小雁）"}.get(name, description)
     info = {"name": name, "path": shown, "params": sum(p.numel() for p in model.parameters())}
-    config = Path(path) / "config.json" if isinstance(path, Path) else None
+    config = path / "config.json"
     if hasattr(model, "generation_config"):
         info.update(kind="transformers", chat=bool(getattr(tokenizer, "chat_template", None)))
     else:
         meta = read_json(config, "模型的 config.json", "请用 course_lib 保存的模型文件夹。")
         info.update(kind="course_lib", chat="sft" in meta, corpus=(meta.get("recipe") or {}).get("corpus"))
-        if (Path(path) / "metrics.json").exists():
-            metrics = read_json(Path(path) / "metrics.json", "模型的 metrics.json", "它是训练脚本写的。")
+        if (path / "metrics.json").exists():
+            metrics = read_json(path / "metrics.json", "模型的 metrics.json", "它是训练脚本写的。")
             info["tokens_seen"] = metrics.get("tokens_seen")
         if "sft" in meta:
             from .reference import reference_metrics
@@ -409,10 +409,10 @@ def evaluate(subject: Subject, tasks=None, limit: int | None = None, baselines: 
             transcript += samples[:2]
         result["skills_format"] = proportion(sum(s["ended"] for s in all_samples), len(all_samples))
     if not transcript:
+        from .generate import stream
         for prompt in ("床前明月光，", "今天的天气"):
             ids = subject.start_ids + subject.encode(prompt)
-            from .generate import stream
-            new = list(stream(subject.lm, ids, 32, temperature=0.0, stop_ids=(subject.backend.stop_ids)))
+            new = list(stream(subject.lm, ids, 32, temperature=0.0, stop_ids=subject.backend.stop_ids))
             transcript.append({"prompt": prompt, "reply": subject.backend.decode(
                 [t for t in new if t not in subject.backend.stop_ids])})
     result["transcript"] = [{"prompt": s["prompt"], "reply": s["reply"]} for s in transcript]
