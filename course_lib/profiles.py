@@ -74,6 +74,14 @@ CHAPTERS: dict[str, dict[str, dict]] = {
         # python -m course_lib.train --profile tiny --out 目录：预训练一个 Llama（命令行可以用 --键 值 覆盖下面任何一项）。
         # tokenizer_chars：只用语料里均匀取出的这么多字符训练分词器（None = 全部）；n_kv_heads < n_heads 即 GQA。
         # 每步的 token 数 = batch_size × grad_accum_steps × 进程数 × block_size。small、full 两档尚未在 GPU 上实测。
+        # 数据预算（pretraining_budget() 算出，tests/test_profile_budgets.py 核对；单进程）：一个 profile 最多把语料读约 4 遍
+        # （epoch）：Muennighoff 等（2023，Scaling Data-Constrained Language Models）发现重复到约 4 遍和读新数据差不多，
+        # 再多收益就很快变小。small、full 都用 course 语料（train 约 1,662 万字 ≈ 1,535 万 token：词表 6400 的 BPE
+        # 在它上面每个 token 约 1.08 个字；名篇、常用成语等重复 knowledge.UPWEIGHT 次、新闻 NEWS_REPEAT 次，已算在内）：
+        #   small：每步 32 × 2 × 256 = 16,384 token × 3000 步 ≈ 4,915 万 token ≈ 3.2 遍；
+        #   full ：每步 32 × 2 × 512 = 32,768 token × 1500 步 ≈ 4,915 万 token ≈ 3.2 遍（数据不够：更大的模型也只能读这么多遍，
+        #          要多训就换更大的语料，见 course_lib.hf_corpus 和 python -m course_lib.train --tokens）。
+        #   以前两档都在 mix（约 429 万 token）上训 3000 步：small 11.5 遍、full 22.9 遍。
         # 以下几项只给第 05 章 notebook 用（命令行忽略它们）：
         #   eval_windows：evaluate_loss 最多评估多少个窗口（None = 整个验证集）；
         #   resume_demo_steps：续训演示的总步数（一半时中断）；cpt_*：在 cpt_corpus 上继续预训练的步数和学习率。
@@ -84,14 +92,14 @@ CHAPTERS: dict[str, dict[str, dict]] = {
                      min_lr_ratio=0.1, warmup_steps=20, weight_decay=0.1, grad_clip=1.0, eval_interval=50,
                      eval_iters=10, checkpoint_interval=50, compile=False, seed=1337,
                      eval_windows=200, resume_demo_steps=12, cpt_corpus="idioms", cpt_steps=40, cpt_lr=1e-3),
-        "small": dict(corpus="mix", tokenizer_chars=None, vocab_size=6400, block_size=256, dim=384, n_layers=6,
+        "small": dict(corpus="course", tokenizer_chars=None, vocab_size=6400, block_size=256, dim=384, n_layers=6,
                       n_heads=6, n_kv_heads=2, tie_weights=False, batch_size=32, grad_accum_steps=2, max_steps=3000,
                       lr=1e-3, min_lr_ratio=0.1, warmup_steps=200, weight_decay=0.1, grad_clip=1.0, eval_interval=250,
                       eval_iters=50, checkpoint_interval=500, compile=False, seed=1337,
                       eval_windows=None, resume_demo_steps=20, cpt_corpus="idioms", cpt_steps=200, cpt_lr=3e-4),
-        "full": dict(corpus="mix", tokenizer_chars=None, vocab_size=6400, block_size=512, dim=512, n_layers=8,
-                     n_heads=8, n_kv_heads=4, tie_weights=False, batch_size=32, grad_accum_steps=2, max_steps=3000,
-                     lr=1e-3, min_lr_ratio=0.1, warmup_steps=200, weight_decay=0.1, grad_clip=1.0, eval_interval=250,
+        "full": dict(corpus="course", tokenizer_chars=None, vocab_size=6400, block_size=512, dim=512, n_layers=8,
+                     n_heads=8, n_kv_heads=4, tie_weights=False, batch_size=32, grad_accum_steps=2, max_steps=1500,
+                     lr=1e-3, min_lr_ratio=0.1, warmup_steps=100, weight_decay=0.1, grad_clip=1.0, eval_interval=250,
                      eval_iters=50, checkpoint_interval=500, compile=True, seed=1337,
                      eval_windows=None, resume_demo_steps=20, cpt_corpus="idioms", cpt_steps=200, cpt_lr=3e-4),
     },
@@ -101,14 +109,18 @@ CHAPTERS: dict[str, dict[str, dict]] = {
         # lr=1.5e-3 验证损失略高（3.27 vs 3.12），lr=3e-3 学不会情感题（全答「正面」）。per_example_loss=True（每条样本平均
         # 损失再平均）让只有两个 token 的情感回答不被长回答淹没（80 步实测格式正确率 0.89 → 0.98）。
         # max_new_tokens：评测时每条回复最多生成多少个 token。small、full 两档尚未在 GPU 上实测。
+        # 数据预算（sft_budget() 算出，tests/test_profile_budgets.py 核对；单进程）：SFT 训练集 8,320 条（约 62 万 token，
+        # 手写对话在里面已各重复 12 次），每一轮（epoch）把每条样本恰好用一次。和预训练一样最多约 4 遍：
+        #   tiny 200 步 × 16 条 ≈ 0.4 遍；small 900 步 × 32 条 ≈ 3.5 遍；full 450 步 × 64 条 ≈ 3.5 遍。
+        #   以前 small 1500 步（5.8 遍）、full 3000 步（23.1 遍）：远超 4 遍，所以减少了步数（预热、评估间隔按比例缩短）。
         "tiny": dict(max_len=160, batch_size=16, max_steps=200, lr=1e-3, min_lr_ratio=0.1, warmup_steps=10,
                      weight_decay=0.0, grad_clip=1.0, eval_interval=50, seed=1337, per_example_loss=True,
                      max_new_tokens=48),
-        "small": dict(max_len=256, batch_size=32, max_steps=1500, lr=5e-4, min_lr_ratio=0.1, warmup_steps=50,
-                      weight_decay=0.0, grad_clip=1.0, eval_interval=250, seed=1337, per_example_loss=True,
+        "small": dict(max_len=256, batch_size=32, max_steps=900, lr=5e-4, min_lr_ratio=0.1, warmup_steps=50,
+                      weight_decay=0.0, grad_clip=1.0, eval_interval=150, seed=1337, per_example_loss=True,
                       max_new_tokens=64),
-        "full": dict(max_len=256, batch_size=64, max_steps=3000, lr=5e-4, min_lr_ratio=0.1, warmup_steps=100,
-                     weight_decay=0.0, grad_clip=1.0, eval_interval=500, seed=1337, per_example_loss=True,
+        "full": dict(max_len=256, batch_size=64, max_steps=450, lr=5e-4, min_lr_ratio=0.1, warmup_steps=25,
+                     weight_decay=0.0, grad_clip=1.0, eval_interval=75, seed=1337, per_example_loss=True,
                      max_new_tokens=64),
     },
     "07_lora": {
@@ -194,3 +206,82 @@ def chapter_config(chapter: str, profile: str | None = None, **overrides) -> dic
         raise KeyError(f"第 {chapter} 章的配置里没有这些键：{sorted(unknown)}；可用的键：{sorted(cfg)}。")
     cfg.update(overrides)
     return cfg
+
+
+# ---------------------------------------------------------------- 数据预算：一个 profile 把训练数据读几遍
+# 词表 6400 的 BPE（tokenizer_chars=None，即在整个 train 划分上训练，和 small、full 的设置相同）在各语料上实测的
+# 「每个 token 几个字」：load_corpus(语料, "train") 的字符数（含篇与篇之间的换行）÷ build_token_bin 写出的 token 数
+# （含每篇末尾的 eos）。course：16,616,810 字 / 15,348,626 token；mix：5,455,196 字 / 4,287,560 token。
+# 没有实测值的（语料, 词表）按 1 字 = 1 token 估算：BPE 的 token 数一般比字数少 5%–30%（只有生僻字走字节回退时，
+# 一个字才会变成几个 token），所以那时算出的遍数偏低。想要准确的数，把分词器传给 pretraining_budget(tokenizer=...)。
+CHARS_PER_TOKEN: dict[tuple[str, int], float] = {("course", 6400): 1.0826, ("mix", 6400): 1.2723}
+MAX_EPOCHS = 4  # 一个 profile 最多把训练数据读约这么多遍（见上面 05、06 两章的注释）
+
+
+def pretraining_budget(profile: str | None = None, world_size: int = 1, tokenizer=None, **overrides) -> dict:
+    """第 05 章预训练这一档的数据预算：每步多少 token、一共多少 token、语料有多少 token、读几遍（epochs）。
+
+    - tokens_per_step = batch_size × grad_accum_steps × world_size × block_size；planned_tokens = 它 × max_steps；
+    - corpus_tokens：给了 tokenizer 时逐篇分词、精确计数（和 build_token_bin 写出的一样，每篇带一个 eos；course 语料约
+      需十几秒）；否则用字符数 ÷ CHARS_PER_TOKEN 里的实测值估算（chars_per_token_source 说明用的是哪一种）；
+    - epochs = planned_tokens / corpus_tokens。overrides 同 chapter_config，例如 max_steps=1000。
+
+    >>> pretraining_budget("small")["epochs"]   # ≈ 3.2
+    """
+    from .data import load_corpus
+
+    p = chapter_config("05_pretraining", profile, **overrides)
+    tokens_per_step = p["batch_size"] * p["grad_accum_steps"] * world_size * p["block_size"]
+    text = load_corpus(p["corpus"], "train")
+    if tokenizer is not None:
+        corpus_tokens = sum(len(tokenizer.encode(doc, eos=True)) for doc in text.split("\n"))
+        source = f"实测：用给定的分词器（词表 {tokenizer.vocab_size}）逐篇分词"
+    elif (p["corpus"], p["vocab_size"]) in CHARS_PER_TOKEN:
+        corpus_tokens = round(len(text) / CHARS_PER_TOKEN[p["corpus"], p["vocab_size"]])
+        source = f"估算：字符数 ÷ {CHARS_PER_TOKEN[p['corpus'], p['vocab_size']]}（CHARS_PER_TOKEN 里的实测值）"
+    else:
+        corpus_tokens = len(text)
+        source = "估算：1 字 = 1 token（没有这个语料和词表的实测值；实际 token 更少，遍数更多）"
+    planned = tokens_per_step * p["max_steps"]
+    return {"profile": active_profile(profile), "corpus": p["corpus"], "tokens_per_step": tokens_per_step,
+            "max_steps": p["max_steps"], "planned_tokens": planned, "corpus_chars": len(text),
+            "corpus_tokens": corpus_tokens, "chars_per_token": len(text) / corpus_tokens,
+            "chars_per_token_source": source, "epochs": planned / corpus_tokens}
+
+
+def sft_budget(profile: str | None = None, world_size: int = 1, tokenizer=None, **overrides) -> dict:
+    """第 06 章 SFT 这一档的数据预算：训练集多少条、多少 token，一共读几遍（epochs）。
+
+    SFT 的批次按条取（LengthGroupedBatches）：每一轮把每条样本恰好用一次，一轮有 ceil(条数 / (batch_size × world_size))
+    批，所以 epochs = max_steps / 每轮的批数——这是精确的，不是估算。tokenizer 默认是参考基座模型的分词器
+    （第 06 章从它出发）；条数和 token 数按 SFTDataset（截断到 max_len、跳过没有可训练 token 的样本）计。
+    """
+    import math
+
+    from .sft import SFTDataset
+    from .sft_data import build_sft_examples
+
+    p = chapter_config("06_sft", profile, **overrides)
+    if tokenizer is None:
+        from .reference import reference_dir
+        from .tokenizer import BPETokenizer
+        tokenizer = BPETokenizer.load(reference_dir())
+    data = SFTDataset(build_sft_examples("train"), tokenizer, p["max_len"])
+    examples_per_step = p["batch_size"] * world_size
+    batches_per_epoch = math.ceil(len(data) / examples_per_step)
+    return {"profile": active_profile(profile), "n_examples": len(data), "n_tokens": data.stats["n_tokens"],
+            "examples_per_step": examples_per_step, "max_steps": p["max_steps"],
+            "planned_examples": examples_per_step * p["max_steps"], "batches_per_epoch": batches_per_epoch,
+            "epochs": p["max_steps"] / batches_per_epoch}
+
+
+def budget_markdown() -> str:
+    """README「硬件档位」一节的数据预算表（tests/test_profile_budgets.py 核对 README 里的就是它）。"""
+    rows = ["| profile | 第 05 章预训练：语料 | 计划读的 token | 约几遍语料 | 第 06 章 SFT：约几遍训练集 |",
+            "|---|---|---|---|---|"]
+    for profile in PROFILES:
+        b, s = pretraining_budget(profile), sft_budget(profile)
+        note = "（按 1 字 = 1 token 估，偏少）" if b["chars_per_token_source"].startswith("估算：1 字") else ""
+        rows.append(f"| `{profile}` | `{b['corpus']}` | {b['planned_tokens'] / 1e4:,.0f} 万 | {b['epochs']:.1f}{note} | "
+                    f"{s['epochs']:.1f} |")
+    return "\n".join(rows)

@@ -21,6 +21,7 @@ from ..data import CORPORA, corpus_documents
 from ..device import get_device
 from ..distributed import barrier, cleanup_distributed, dist_info, setup_distributed
 from ..files import atomic_open, atomic_write_json, atomic_write_text, write_error
+from ..hf_corpus import load_token_folder
 from ..llama import Llama, LlamaConfig
 from ..profiles import active_profile, chapter_config
 from ..token_data import load_token_bin, prepare_pretraining_data
@@ -33,6 +34,7 @@ HELP = """用法：python -m course_lib.train --out 目录 [--profile tiny|small
 按第 05 章这一档（profile）的设置预训练一个 Llama：训练（或读取）BPE 分词器 → 语料写成 uint16 的 .bin → 训练，
 定期存检查点；目录里已有检查点时自动续训（调大 --max_steps 就是接着多训）。
 多卡：torchrun --nproc_per_node=N -m course_lib.train --out 目录 ...
+--tokens 文件夹：不用课程语料，改用 python -m course_lib.hf_corpus 写好的 train.bin / val.bin（连同它的分词器）训练。
 
 可以用 --键 值 覆盖的设置：{keys}
 
@@ -89,14 +91,25 @@ def parse_overrides(options: dict[str, str], defaults: dict, extra: str) -> dict
     return {k: _parse_value(k, v, defaults[k]) for k, v in options.items()}
 
 
-def _parse_args(argv: list[str]) -> tuple[str | None, str, dict]:
-    """--profile P --out DIR，其余 --键 值 都是对 CHAPTERS['05_pretraining'] 的覆盖。"""
+def _parse_args(argv: list[str]) -> tuple[str | None, str, str | None, dict]:
+    """--profile P --out DIR [--tokens DIR]，其余 --键 值 都是对 CHAPTERS['05_pretraining'] 的覆盖。"""
     options = parse_options(argv)
     if "out" not in options:
         raise ValueError("请用 --out 目录 指定输出位置，例如：python -m course_lib.train --profile tiny --out runs/pretrain_tiny")
-    profile, out = options.pop("profile", None), options.pop("out")
+    profile, out, tokens = options.pop("profile", None), options.pop("out"), options.pop("tokens", None)
     defaults = chapter_config(CHAPTER, profile)  # 不认识的 profile → 中文错误
-    return profile, out, parse_overrides(options, defaults, "--profile、--out")
+    return profile, out, tokens, parse_overrides(options, defaults, "--profile、--out、--tokens")
+
+
+def _tokenizer_of_tokens(tokens_dir, folder: Path, say):
+    """--tokens 文件夹（prepare_hf_corpus 的输出）→ (它的分词器, .bin 路径)；分词器复制到 folder（续训时必须是同一个）。"""
+    tok, paths = load_token_folder(tokens_dir)
+    if (folder / BPETokenizer.MODEL_FILE).exists() and BPETokenizer.load(folder).fingerprint != tok.fingerprint:
+        raise ValueError(f"{folder} 里已有另一个分词器（这个目录以前用别的数据训练过），和 --tokens {tokens_dir} 的分词器不同。"
+                         "请换一个 --out 目录。")
+    tok.save(folder)
+    say(f"分词器：用 {tokens_dir} 自带的分词器（词表 {tok.vocab_size}）")
+    return tok, paths
 
 
 def _load_or_train_tokenizer(folder: Path, corpus: str, vocab_size: int, max_chars: int | None, say):
@@ -149,8 +162,11 @@ def _append_jsonl(path: Path, record: dict) -> None:
 
 
 def pretrain(p: dict, out: str | os.PathLike, profile: str = "custom", overrides: dict | None = None,
-             title: str = "第 05 章预训练") -> Path | None:
+             title: str = "第 05 章预训练", tokens_dir: str | os.PathLike | None = None) -> Path | None:
     """按配置 p（CHAPTERS['05_pretraining'] 那样的 dict）预训练一个 Llama，输出写到 out（见 main 的说明）。
+
+    tokens_dir：prepare_hf_corpus 写好的文件夹（train.bin、val.bin、tokenizer/）；给了就用它，不训练分词器、
+    不用 p["corpus"]（p["vocab_size"]、p["tokenizer_chars"] 也不起作用：词表就是那个分词器的）。
 
     在 torchrun 下每个进程都调用它；返回 out/"model"（rank 0），其他进程返回 None。
     p 里可以多给 tie_weights（默认 False）。目录里已有检查点时自动续训；已经训完则直接返回。
@@ -163,13 +179,16 @@ def pretrain(p: dict, out: str | os.PathLike, profile: str = "custom", overrides
     say(f"{title}：profile={profile}，输出目录 {out}，设备 {device}，进程数 {world_size}")
     try:
         # 分词器和 token 文件只由 rank 0 准备，其他进程等它做完再读取
-        if rank == 0:
+        if rank == 0 and tokens_dir is not None:
+            tok, paths = _tokenizer_of_tokens(tokens_dir, out / "tokenizer", say)
+        elif rank == 0:
             tok = _load_or_train_tokenizer(out / "tokenizer", p["corpus"], p["vocab_size"], p["tokenizer_chars"], say)
             paths = prepare_pretraining_data(tok, corpus=p["corpus"])
         barrier()
         if rank != 0:  # rank 0 已经写好：这里只是读取、校验后复用
             tok = BPETokenizer.load(out / "tokenizer")
-            paths = prepare_pretraining_data(tok, corpus=p["corpus"], progress=False)
+            paths = (prepare_pretraining_data(tok, corpus=p["corpus"], progress=False) if tokens_dir is None
+                     else load_token_folder(tokens_dir, verify=False)[1])
         train, val = (load_token_bin(paths[s], tok, verify=False) for s in ("train", "val"))
         say(f"数据：train {len(train):,} 个 token，val {len(val):,} 个 token（{paths['train'].parent}）")
 
@@ -197,6 +216,7 @@ def pretrain(p: dict, out: str | os.PathLike, profile: str = "custom", overrides
             atomic_write_json(out / "history.json", history.as_dict())
             _append_jsonl(out / "train_log.jsonl", {
                 "time": time.strftime("%Y-%m-%d %H:%M:%S"), "profile": profile, "overrides": overrides,
+                "tokens_dir": None if tokens_dir is None else str(tokens_dir),
                 "start_step": start_step, "end_step": trainer.step, "world_size": world_size, "device": str(device),
                 "seconds": round(history.seconds, 2), "tokens_per_sec": round(history.tokens_per_sec, 1),
                 "mfu": history.mfu, "train_loss": history.train_loss[-1] if history.train_loss else None,
@@ -210,7 +230,7 @@ def pretrain(p: dict, out: str | os.PathLike, profile: str = "custom", overrides
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m course_lib.train --profile tiny --out 目录 [--键 值 ...]
+    """python -m course_lib.train --profile tiny --out 目录 [--tokens 文件夹] [--键 值 ...]
 
     用 CHAPTERS['05_pretraining'] 里这一档的设置预训练一个 Llama：训练（或读取）BPE 分词器 → 把语料写成
     uint16 的 .bin → 训练，定期存检查点。目录里已有检查点时自动续训。多卡：torchrun --nproc_per_node=N -m course_lib.train ...
@@ -225,16 +245,19 @@ def main(argv: list[str] | None = None) -> int:
         print(HELP.format(keys=", ".join(sorted(chapter_config(CHAPTER, "tiny")))))
         return 0
     try:
-        profile, out, overrides = _parse_args(argv)
+        profile, out, tokens, overrides = _parse_args(argv)
         profile = active_profile(profile)
         p = chapter_config(CHAPTER, profile, **overrides)
         configs(p, p["vocab_size"], Path(out))  # 设置不合法（--max_steps -5、--dim 130）：现在就报，不等分词器训练完
+        if tokens is not None:
+            load_token_folder(tokens, verify=False)  # 文件夹不对、缺文件、分词器对不上：现在就报
         get_device()  # COURSE_DEVICE=cuda 但没有 GPU 之类：现在就说清楚，而不是训练开始时给 traceback
         out = check_out(out)
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
         print(f"错误：{e.args[0] if e.args else e}", file=sys.stderr)
         return 2
-    return run_command(lambda: pretrain(p, out, profile=profile, overrides=overrides), out / "checkpoints")
+    return run_command(lambda: pretrain(p, out, profile=profile, overrides=overrides, tokens_dir=tokens),
+                       out / "checkpoints")
 
 
 def run_command(work, checkpoints: Path) -> int:
