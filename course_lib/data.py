@@ -211,8 +211,9 @@ def load_corpus(name: str = "news", split: str = "train", cache: bool = True) ->
     """
     suffix = ""
     if name == "course":   # 还取决于知识数据：它们变了，缓存也要换
-        from .knowledge import CLASSICS_SHA256, KNOWLEDGE_VERSION
-        suffix = f"_k{KNOWLEDGE_VERSION}_{CLASSICS_SHA256[:8]}"
+        from .eval_items import ITEMS_VERSION
+        from .knowledge import CLASSICS_SHA256, KNOWLEDGE_VERSION, NEWS_REPEAT, UPWEIGHT
+        suffix = f"_k{KNOWLEDGE_VERSION}_{CLASSICS_SHA256[:8]}_u{UPWEIGHT}n{NEWS_REPEAT}_e{ITEMS_VERSION}"
     return cached_text(cache_dir() / "corpus" / f"{name}_{split}_v{CLEAN_VERSION}{suffix}.txt",
                        lambda: corpus_documents(name, split), cache)
 

@@ -61,6 +61,15 @@ def proportion(k: int, n: int) -> dict:
     return {"k": int(k), "n": int(n), "value": k / n if n else float("nan"), "lo": lo, "hi": hi}
 
 
+def difference(a: dict, b: dict) -> dict:
+    """两个独立比例之差 a − b 和它的 95 % 区间（Newcombe 1998 的方法 10：由两个 Wilson 区间合成）。"""
+    pa, pb = a["k"] / a["n"], b["k"] / b["n"]
+    (la, ua), (lb, ub) = wilson(a["k"], a["n"]), wilson(b["k"], b["n"])
+    d = pa - pb
+    return {"value": d, "lo": d - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2),
+            "hi": d + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)}
+
+
 def ratio(numerators, denominators) -> dict:
     """Σx / Σy 和它的 95 % 区间（比率估计的线性化方差，按题目/文档聚类）。"""
     x, y = [float(v) for v in numerators], [float(v) for v in denominators]
@@ -389,7 +398,8 @@ def evaluate(subject: Subject, tasks=None, limit: int | None = None, baselines: 
             for ps in pairs:
                 bits.append(-sum(flat[i:i + len(ps)]) / math.log(2))
                 i += len(ps)
-            row = {"docs": len(docs), "chars": sum(map(len, docs)), "bpc": ratio(bits, [len(d) for d in docs])}
+            row = {"docs": len(docs), "chars": sum(map(len, docs)), "bpc": ratio(bits, [len(d) for d in docs]),
+                   "doc_bits": [round(b, 4) for b in bits]}   # 每篇文档的总比特数：两个模型可以逐篇配对比较
             if bigram is not None:
                 bb = [-bigram.logprob("\n", d) / math.log(2) for d in docs]
                 row["bigram"] = ratio(bb, [len(d) for d in docs])
@@ -448,6 +458,10 @@ def _num(p: dict) -> str:
     return f"{p['value']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}]"
 
 
+def _gap(d: dict) -> str:
+    return f"{d['value'] * 100:+.1f} 点 [{d['lo'] * 100:+.1f}, {d['hi'] * 100:+.1f}]"
+
+
 def report_card_markdown(r: dict) -> str:
     """evaluate() 的结果 → Markdown 成绩单。"""
     m = r["model"]
@@ -468,6 +482,10 @@ def report_card_markdown(r: dict) -> str:
         lines += ["## 知识（四选一，按对数似然选）", "",
                   "「见过」= 题目原文在课程的预训练语料（train 划分）里；「没见过」= 原文在 test 划分、"
                   "且没有一个分句出现在任何训练文本里。随机猜是 25 %。raw 按选项的总对数概率，norm 再除以字数。", ""]
+        if m.get("corpus") == "course":
+            from .knowledge import UPWEIGHT
+            lines += [f"这个模型在 course 语料上预训练：「见过」那一半的原文在里面各重复了 {UPWEIGHT} 遍（名篇也是），"
+                      "「没见过」的一遍也没有；两半的题是按同样的规则从 train / test 划分里抽的。", ""]
         if m.get("corpus") == "mix":
             lines += ["注意：这个模型只在 mix（新闻 + 评论 + 成语）上预训练过，古诗、歇后语、字典「见过」的一半它其实也没读过；"
                       "只有成语释义的两半是真正的「读过 / 没读过」。", ""]
@@ -480,7 +498,11 @@ def report_card_markdown(r: dict) -> str:
                 if "bigram" in row:
                     cells += [_pct(row["bigram"]["acc"]), _pct(row["bigram"]["acc_norm"])]
                 lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            if set(halves) == set(items.HALVES):
+                gaps = [_gap(difference(halves["seen"][k], halves["unseen"][k])) for k in ("acc", "acc_norm")]
+                lines.append("| 　差：见过 − 没见过 | | | " + " | ".join(gaps) + " |"
+                             + (" | |" if "baseline_bigram" in r else ""))
+        lines += ["", "差的区间是两个独立比例之差的 95 % 区间（Newcombe 方法 10）；区间不含 0，两半才算真有差别。", ""]
     if r["bpc"]:
         lines += ["## 语言建模：每个字的比特数（bpc，越低越好）", "",
                   "与分词器无关，不同模型可以直接比较。区间按文档做比率估计。", "",
@@ -515,6 +537,38 @@ def report_card_markdown(r: dict) -> str:
     env = r["environment"]
     lines += ["", f"环境：Python {env.get('python')}，torch {env.get('torch')}，{env.get('platform')}。", ""]
     return "\n".join(lines)
+
+
+def compare_markdown(reports: dict[str, dict]) -> str:
+    """几张成绩单并排的一张表（README 用；表里每个数都来自这些 JSON）。reports：{列名: evaluate() 的结果}。"""
+    names = list(reports)
+    rows = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+
+    def row(label, cell):
+        rows.append(f"| {label} | " + " | ".join(cell(r) for r in reports.values()) + " |")
+
+    row("参数量", lambda r: f"{r['model']['params'] / 1e6:.2f} M")
+    row("预训练读过的 token", lambda r: f"{r['model']['tokens_seen'] / 1e6:.2f} M（{r['model'].get('corpus')}）"
+        if r["model"].get("tokens_seen") else "—")
+    domains = [d for d in DOMAIN_NAMES if all(d in (r.get("bpc") or {}) for r in reports.values())]
+    for d in domains:
+        row(f"bpc：{DOMAIN_NAMES[d]}", lambda r, d=d: _num(r["bpc"][d]["bpc"]))
+    if len(reports) == 2:   # 两个模型在同一批文档上：逐篇配对的差（比两个独立区间灵敏得多）
+        a, b = reports.values()
+        for d in domains:
+            ra, rb = a["bpc"][d], b["bpc"][d]
+            if "doc_bits" in ra and "doc_bits" in rb and ra["chars"] == rb["chars"]:
+                chars = [len(x) for x in _bpc_documents(d)]
+                diff = ratio([y - x for x, y in zip(ra["doc_bits"], rb["doc_bits"])], chars)
+                rows.append(f"| bpc 差：{DOMAIN_NAMES[d]}（右 − 左，逐篇配对） | | {_num(diff)} |")
+    tasks = [t for t in items.CHOICE_TASKS if all(t in (r.get("knowledge") or {}) for r in reports.values())]
+    for t in tasks:
+        for half in items.HALVES:
+            row(f"{TASK_NAMES[t]}：{'见过' if half == 'seen' else '没见过'}（norm）",
+                lambda r, t=t, h=half: _pct(r["knowledge"][t][h]["acc_norm"]))
+        row("　差：见过 − 没见过", lambda r, t=t: _gap(difference(r["knowledge"][t]["seen"]["acc_norm"],
+                                                                 r["knowledge"][t]["unseen"]["acc_norm"])))
+    return "\n".join(rows)
 
 
 def write_report(result: dict, out_dir, name: str | None = None) -> tuple[Path, Path]:

@@ -78,11 +78,16 @@ def _idiom_meaning(split: str) -> list[tuple]:
     return out
 
 
+def poem_line_pairs(classic) -> list[tuple[str, str]]:
+    """一篇古诗文里所有「上句，下句。」的对子（每句 4–9 个汉字）：诗句接续题和 SFT 的「下一句」题都从这里取。"""
+    return [(a, b) for p in classic.paragraphs for a, b in _PAIR.findall(p)
+            if 4 <= len(a) <= 9 and 4 <= len(b) <= 9 and _HAN.match(a) and _HAN.match(b)]
+
+
 def _poem_pairs(split: str) -> list[tuple]:
     out = []
     for c in load_classics(split, famous=True):
-        pairs = [(a, b) for p in c.paragraphs for a, b in _PAIR.findall(p)
-                 if 4 <= len(a) <= 9 and 4 <= len(b) <= 9 and _HAN.match(a) and _HAN.match(b)]
+        pairs = poem_line_pairs(c)
         if pairs:
             a, b = pairs[_rank("pair:" + c.id) % len(pairs)]
             out.append((c.id, f"{a}，", b, ()))

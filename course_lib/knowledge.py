@@ -281,7 +281,10 @@ def knowledge_documents(name: str, split: str = "train") -> list[str]:
     return [d for n in ("classics", "characters", "xiehouyu") for d in knowledge_documents(n, split)]
 
 
-UPWEIGHT = 4   # course 语料的 train 划分里，名篇和常用成语各出现这么多次（其余文档一次）
+UPWEIGHT = 8   # course 语料的 train 划分里，名篇、常用成语和「见过」那一半考题的原文各出现这么多次（其余文档一次）
+# 新闻在 course 语料里只占约 11%（古诗文占近四成），却是唯一的现代白话文章，也是和旧参考模型比较的尺子（新闻 bpc）：
+# train 划分里新闻读 NEWS_REPEAT 遍。
+NEWS_REPEAT = 2
 
 
 def frequent_idioms(split: str = "train", min_count: int = 2) -> list:
@@ -298,17 +301,32 @@ def frequent_idioms(split: str = "train", min_count: int = 2) -> list:
     return [i for i in idioms if counts[i.word] >= min_count]
 
 
-def course_documents(split: str = "train") -> list[str]:
-    """course 语料（给新的参考基座模型）：mix（新闻 + 评论 + 成语）+ 古诗文、字典、歇后语。
+def upweighted_documents() -> list[str]:
+    """course 语料的 train 划分里要多读几遍的文档：名篇（FAMOUS 的集子）、常用成语，和 eval_items「seen」那一半考题的原文。
 
-    train 划分里名篇（FAMOUS 的集子）和常用成语（frequent_idioms）各重复到 UPWEIGHT 次：小模型读一遍记不住，
-    这样「见过的题」里有一批读过好几遍的，能测出「读得多就记得住」。val 不重复。test 划分永远不在这里。
+    seen 半的考题本来就是 train 划分里按哈希抽的，所以和 unseen 半（test 划分按同样规则抽）同分布；
+    两半唯一的区别是「读过 UPWEIGHT 遍」vs「一遍也没读过」——分数的差就是记忆的效果。
+    """
+    from .data import load_idioms
+    from .eval_items import choice_items
+    seen = {t: {c.key for c in choice_items(t, "seen")} for t in ("idiom_meaning", "xiehouyu", "char_meaning")}
+    frequent = {i.word for i in frequent_idioms("train")}
+    return (classics_documents(load_classics("train", famous=True))
+            + [i.as_text() for i in load_idioms("train") if i.word in frequent or i.word in seen["idiom_meaning"]]
+            + [c.as_text() for c in load_characters("train") if f"{c.char}:{c.pinyin}" in seen["char_meaning"]]
+            + [x.as_text() for x in load_xiehouyu("train") if x.riddle in seen["xiehouyu"]])
+
+
+def course_documents(split: str = "train") -> list[str]:
+    """course 语料（给参考基座模型）：mix（新闻 + 评论 + 成语）+ 古诗文、字典、歇后语。
+
+    train 划分里 upweighted_documents()（名篇、常用成语、seen 半考题的原文）各重复到 UPWEIGHT 次：小模型读一遍
+    记不住，这样才能测出「读得多就记得住」；新闻重复到 NEWS_REPEAT 次。val 不重复。test 划分永远不在这里。
     """
     from .data import corpus_documents
     docs = corpus_documents("mix", split) + knowledge_documents("knowledge", split)
     if split == "train":
-        extra = classics_documents(load_classics("train", famous=True)) + [i.as_text() for i in frequent_idioms("train")]
-        docs += extra * (UPWEIGHT - 1)
+        docs += upweighted_documents() * (UPWEIGHT - 1) + corpus_documents("news", "train") * (NEWS_REPEAT - 1)
     return docs
 
 

@@ -5,7 +5,9 @@
     y = x Wᵀ + (α / r) · dropout(x) Aᵀ Bᵀ        A: (r, in)，B: (out, r)，r ≪ min(in, out)
 
 - A 随机初始化、B 初始化为 0：刚装上 LoRA 时 ΔW = B·A = 0，模型的输出与原模型完全一样，训练从原模型出发；
-- α / r 是缩放（scaling）：换一个秩 r 时，同样的 α 让增量的量级大致不变，学习率不用重调；
+- α / r 是缩放（scaling）。LoRA 论文的做法是固定 α（取第一次试的 r）、不再调它；换秩时 α 不变，缩放 α / r 就随 r
+  变小——r 越大，同样的学习率下增量学得越慢，大 r 的好处因此显不出来。rsLoRA（Kalajdzievski 2023，「秩稳定」的缩放）
+  改用 α / √r，证明这样换秩时学习才稳定：inject_lora(..., rslora=True)，与 peft 的 use_rslora=True 是同一个公式；
 - 训练完可以把 ΔW 合并（merge）回 W：W' = W + (α / r)·B·A，推理时和原模型一样快、一样大，没有额外的层；
 - 适配器（adapter）只有 A、B 两组小矩阵，单独保存只占原模型的百分之几。
 
@@ -62,7 +64,7 @@ class LoRALinear(nn.Module):
     lora_A (r, in)：和 nn.Linear 一样的 Kaiming 均匀初始化；lora_B (out, r)：全 0。
     """
 
-    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16, dropout: float = 0.0):
+    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16, dropout: float = 0.0, rslora: bool = False):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear 只能包装 nn.Linear，收到 {type(base).__name__}。")
@@ -70,8 +72,8 @@ class LoRALinear(nn.Module):
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
-        self.r, self.alpha = r, alpha
-        self.scaling = alpha / r
+        self.r, self.alpha, self.rslora = r, alpha, bool(rslora)
+        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r   # rsLoRA：α / √r；原始 LoRA：α / r
         w = base.weight
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=w.device, dtype=w.dtype))
@@ -106,7 +108,7 @@ class LoRALinear(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}"
+        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}" + (", rslora" if self.rslora else "")
 
 
 # ---------------------------------------------------------------- 选中、注入、冻结
@@ -156,12 +158,12 @@ def _shared_weight(model: nn.Module, name: str) -> str | None:
 
 
 def inject_lora(model: nn.Module, targets: str | Iterable[str] = ATTENTION_TARGETS, r: int = 8, alpha: float = 16,
-                dropout: float = 0.0, train_modules: Iterable[str] = ()) -> list[str]:
+                dropout: float = 0.0, train_modules: Iterable[str] = (), rslora: bool = False) -> list[str]:
     """把 model 里名字匹配 targets 的 nn.Linear 原地换成 LoRALinear，并冻结其余所有参数。
 
     train_modules：另外要整体训练（不用 LoRA）的模块名，写法同 targets，例如 ["embed_tokens"]。
     扩充了词表（新加了 token）时，新 token 的嵌入从零学起，低秩增量学不好，要整体训练它们——
-    这就是 peft 的 modules_to_save。返回被包装的模块名。
+    这就是 peft 的 modules_to_save。rslora=True：缩放用 α / √r（rsLoRA）而不是 α / r。返回被包装的模块名。
     """
     _check_hparams(r, alpha, dropout)
     names = find_targets(model, targets)
@@ -171,7 +173,7 @@ def inject_lora(model: nn.Module, targets: str | Iterable[str] = ATTENTION_TARGE
             raise ValueError(f"{name} 的权重与 {shared} 共享（weight tying）。给它装 LoRA 再合并，会连 {shared} 一起改掉，"
                              "合并前后的模型就不一样了。请把它放进 train_modules 整体训练，或从 targets 里去掉。")
     for name in names:
-        _set_submodule(model, name, LoRALinear(model.get_submodule(name), r, alpha, dropout))
+        _set_submodule(model, name, LoRALinear(model.get_submodule(name), r, alpha, dropout, rslora))
     mark_only_lora_trainable(model, train_modules)
     return names
 
@@ -247,8 +249,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _adapter_config(model: nn.Module, tensors: dict) -> dict:
     mods = lora_modules(model)
-    (r, alpha), = {(m.r, m.alpha) for m in mods.values()} or {(None, None)}  # 一个模型只用一组 r、alpha
-    return {"r": r, "alpha": alpha, "target_modules": sorted(mods),
+    (r, alpha, rslora), = {(m.r, m.alpha, m.rslora) for m in mods.values()} or {(None, None, False)}  # 只用一组
+    return {"r": r, "alpha": alpha, "rslora": rslora, "target_modules": sorted(mods),
             "base_shapes": {n: list(m.base.weight.shape) for n, m in mods.items()},
             "train_modules": sorted({n.rsplit(".", 1)[0] for n in tensors if not n.endswith(("lora_A", "lora_B"))}),
             "format": "course_lib.lora"}
@@ -261,7 +263,7 @@ def save_adapter(model: nn.Module, folder: str | Path) -> Path:
     """
     folder = as_path(folder, "适配器文件夹")
     tensors = adapter_state_dict(model)
-    if len({(m.r, m.alpha) for m in lora_modules(model).values()}) != 1:
+    if len({(m.r, m.alpha, m.rslora) for m in lora_modules(model).values()}) != 1:
         raise ValueError("模型里的 LoRA 层用了不同的 r 或 alpha，save_adapter 只支持一组 r、alpha。")
     # 两个文件一起换上：写到一半出错（磁盘满），文件夹里仍是旧的那一对，不会新权重配旧 config
     with atomic_folder(folder, keep=lambda name: name not in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)) as tmp:
@@ -307,7 +309,7 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
                              "（同样的 dim、层数、头数）。")
     if not lora_modules(model):
         inject_lora(model, targets=cfg["target_modules"], r=cfg["r"], alpha=cfg["alpha"],
-                    train_modules=cfg.get("train_modules", ()))
+                    train_modules=cfg.get("train_modules", ()), rslora=bool(cfg.get("rslora", False)))
     params = dict(model.named_parameters())
     missing = sorted(set(tensors) - set(params))
     if missing or sorted(lora_modules(model)) != sorted(cfg["target_modules"]):
@@ -357,7 +359,8 @@ def to_peft_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 def load_peft_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     """把 peft 保存的 LoRA 适配器（adapter_config.json + adapter_model.safetensors）装到 course_lib 的 Llama 上。
 
-    peft 的 LoRA 与本文件的 LoRALinear 是同一个公式：lora_A (r, in)、lora_B (out, r)、缩放 lora_alpha / r，
+    peft 的 LoRA 与本文件的 LoRALinear 是同一个公式：lora_A (r, in)、lora_B (out, r)、缩放 lora_alpha / r
+    （use_rslora=True 时 lora_alpha / √r，对应 rslora=True），
     子模块名也相同（course_lib 的 Llama 与 HF 的 LlamaForCausalLM 名字一一对应），所以只需要改张量名。
     modules_to_save 里整体训练的模块（例如 embed_tokens）也一起载入。原地修改并返回 model。
     """
@@ -373,13 +376,13 @@ def load_peft_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
         raise ValueError(f"{cfg_path} 应该是一个 JSON 对象，收到的是 {type(cfg).__name__}。{refetch}")
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"这是 {cfg.get('peft_type')} 适配器，load_peft_adapter 只认识 LoRA。")
-    unsupported = {"use_rslora": cfg.get("use_rslora"), "use_dora": cfg.get("use_dora"),
+    unsupported = {"use_dora": cfg.get("use_dora"),
                    "fan_in_fan_out": cfg.get("fan_in_fan_out"), "rank_pattern": cfg.get("rank_pattern"),
                    "alpha_pattern": cfg.get("alpha_pattern"), "bias": cfg.get("bias", "none") != "none"}
     bad = [k for k, v in unsupported.items() if v]
     if bad:
         raise ValueError(f"适配器用了 {', '.join(bad)}，手写的 LoRALinear 只实现了最基本的 LoRA"
-                         "（缩放 alpha / r、没有偏置、所有层同一个 r）。请用 peft 的 PeftModel 加载它。")
+                         "（缩放 alpha / r 或 rsLoRA 的 alpha / √r、没有偏置、所有层同一个 r）。请用 peft 的 PeftModel 加载它。")
     bad = [k for k in ("r", "lora_alpha") if isinstance(cfg.get(k), bool) or not isinstance(cfg.get(k), (int, float))]
     if bad:
         raise ValueError(f"{cfg_path} 缺少字段 {bad}（或者不是数字）：LoRA 的秩 r 和缩放 lora_alpha 都要有。{refetch}")
@@ -400,7 +403,7 @@ def load_peft_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
             raise ValueError(f"适配器与模型的形状不符：{name} 的 ΔW 是 {(b.shape[0], a.shape[1])}，"
                              f"模型里是 {tuple(modules[name].weight.shape)}。请加载训练它时用的同一个基座模型。")
     inject_lora(model, targets=targets, r=int(cfg["r"]), alpha=float(cfg["lora_alpha"]),
-                dropout=float(cfg.get("lora_dropout") or 0.0), train_modules=full)
+                dropout=float(cfg.get("lora_dropout") or 0.0), train_modules=full, rslora=bool(cfg.get("use_rslora")))
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, t in tensors.items():

@@ -82,6 +82,22 @@ def encode_sft_example(messages, tokenizer, max_len: int | None = None) -> dict:
             "truncated": truncated, "dropped_rounds": dropped}
 
 
+def encode_text_example(text: str, tokenizer, max_len: int | None = None) -> dict:
+    """一段普通文本（预训练那样，不套对话模板）→ 和 encode_sft_example 同样的字典；每个 token 都算损失。
+
+    格式与预训练时一样：<|endoftext|> + 文本 + <|endoftext|>。SFT 里混一点这种样本，模型就不会忘掉语言本身。
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"预训练文本样本的 text 应该是非空的字符串，收到 {text!r:.40}。")
+    check_int(max_len, "max_len", allow_none=True)
+    ids = [tokenizer.bos_id] + tokenizer.encode(text) + [tokenizer.eos_id]
+    truncated = max_len is not None and len(ids) > max_len
+    ids = ids[:max_len] if truncated else ids
+    labels = [IGNORE] + ids[1:]
+    return {"input_ids": ids, "labels": labels, "n_trainable": len(ids) - 1, "truncated": truncated,
+            "dropped_rounds": 0}
+
+
 class SFTDataset(torch.utils.data.Dataset):
     """编码好的 SFT 样本。examples 是 build_sft_examples / load_alpaca / load_sharegpt 的结果（或直接是 messages 列表）。
 
@@ -101,11 +117,14 @@ class SFTDataset(torch.utils.data.Dataset):
             raise ValueError(f"examples 应该是非空的样本列表（build_sft_examples、load_alpaca 的结果，或 messages 的列表），"
                              f"收到 {type(given).__name__} {given!r:.40}。")
         for i, ex in enumerate(examples):
-            if isinstance(ex, dict) and "messages" not in ex:
+            if isinstance(ex, dict) and "messages" not in ex and "text" not in ex:
                 raise ValueError(f"第 {i + 1} 条样本是字典，却没有 \"messages\" 键（有：{sorted(ex)}）。"
-                                 "样本的格式是 {\"messages\": [{\"role\": ..., \"content\": ...}, ...]}。")
-            messages = ex["messages"] if isinstance(ex, dict) else ex
-            enc = encode_sft_example(messages, tokenizer, max_len)
+                                 "样本的格式是 {\"messages\": [{\"role\": ..., \"content\": ...}, ...]}"
+                                 "（或者一段预训练文本 {\"text\": ...}）。")
+            if isinstance(ex, dict) and "messages" not in ex:
+                enc = encode_text_example(ex["text"], tokenizer, max_len)
+            else:
+                enc = encode_sft_example(ex["messages"] if isinstance(ex, dict) else ex, tokenizer, max_len)
             if enc["n_trainable"] == 0:
                 self.skipped.append(ex)
                 continue

@@ -21,7 +21,8 @@ from .files import as_path, read_json, read_jsonl
 from .paths import repo_root
 
 TASKS = ("sentiment", "idiom_meaning", "idiom_pinyin", "idiom_chain", "idiom_source", "idiom_usage",
-         "arithmetic", "dialogue")
+         "arithmetic", "dialogue")                   # 第 06 章的任务
+EXTRA_TASKS = ("next_line", "pretrain")          # 只有参考对话模型用（见下面的 REFERENCE_SFT_SIZES）；默认 0 条
 
 # 每个划分每种任务取多少条（None = 全部）。train 很大：tiny 档 90 秒的训练只看得到其中两三千条，
 # 但多样一些更好；val 用来算验证损失；test 是评测题（第 07、08 章也用同一批题）。
@@ -36,7 +37,18 @@ SPLIT_SIZES = {
 # 手写对话只有一百多条：训练集里每条重复 12 次，否则「我是小雁」这类身份信息会淹没在几千条生成的题目里。
 # 训练集的比例（tiny 档只训练一两百步，比例决定了模型先学会什么）：情感约 48%、成语五种题约 22%、算术约 14%、
 # 对话约 16%。情感题的回答最短、格式最固定，是第 7–9 章最依赖的能力，所以占得最多。
+# next_line（「上一句」的下一句是什么）和 pretrain（一段预训练文本，整段都算损失：防止 SFT 忘掉语言本身）默认不用：
+# 第 06 章的 90 秒 SFT 不含它们；参考对话模型（course_lib.cli.reference --chat）用 REFERENCE_SFT_SIZES。
 DIALOGUE_REPEAT = 12
+# 参考对话模型（python -m course_lib.reference --chat）的条数：None = 全部。评测题（course_lib.eval）都在 test 划分
+# 或 eval_items 的 seen 半，这里一道也不会出现（next_line_examples 避开了测评问的对子）。
+REFERENCE_SFT_SIZES = {
+    "train": dict(sentiment=None, idiom_meaning=4000, idiom_pinyin=8000, idiom_chain=1500, idiom_source=500,
+                  idiom_usage=500, arithmetic=None, dialogue=None, next_line=None, pretrain=6000),
+    "val": dict(sentiment=100, idiom_meaning=30, idiom_pinyin=30, idiom_chain=30, idiom_source=10, idiom_usage=10,
+                arithmetic=50, dialogue=None, next_line=0, pretrain=100),
+}
+PRETRAIN_CHARS = 200   # pretrain 样本：一篇文档开头这么多字（到句末为止）
 MAX_REVIEW_CHARS = 64  # 评论太长时只取开头这么多字（评测题只选不超过这个长度的评论）：样本短，训练就快
 SENTIMENT_LABELS = ("负面", "正面")  # Review.label：0 = 负面，1 = 正面
 
@@ -121,6 +133,40 @@ def arithmetic_example(a: int, op: str, b: int) -> dict:
     return _qa("arithmetic", f"{a}{op}{b}", f"计算：{a}{op}{b}=？", f"{a}{op}{b}={c}", str(c))
 
 
+def next_line_examples(split: str) -> list[dict]:
+    """「「上一句」的下一句是什么？」→ 下一句。只用名篇（FAMOUS）的 train 划分，而且避开知识测评的那些对子：
+
+    测评问的正是那些对子（eval_items.poem_prompts("seen")）——SFT 只教「这种问题怎么答」，答不答得出要靠预训练
+    时读过那首诗。val/test 没有题（名篇没有 val；test 的诗从不进入任何训练）。
+    """
+    if split != "train":
+        return []
+    from .eval_items import poem_line_pairs, poem_prompts
+    from .knowledge import load_classics
+    asked = {a for a, _ in poem_prompts("seen")} | {a for a, _ in poem_prompts("unseen")}
+    out = []
+    for c in load_classics("train", famous=True):
+        for a, b in poem_line_pairs(c):
+            if a not in asked:
+                out.append(_qa("next_line", "n" + c.id + a, f"「{a}」的下一句是什么？", b + "。", b))
+    return out
+
+
+def pretrain_examples(split: str, k: int | None, rng: random.Random) -> list[dict]:
+    """k 段预训练文本（新闻、评论、成语、古诗文、字典、歇后语，和基座模型读过的是同一个划分）：{"task": "pretrain", "text"}。"""
+    from .data import load_corpus
+    from .knowledge import load_knowledge_corpus
+    docs = [d for d in load_corpus("mix", split).splitlines() + load_knowledge_corpus("knowledge", split).splitlines()
+            if len(d) >= 20]
+    picked = docs if k is None or k >= len(docs) else rng.sample(docs, k)
+    out = []
+    for d in picked:
+        head = d[:PRETRAIN_CHARS]
+        end = max(head.rfind(c) for c in "。！？")
+        out.append({"task": "pretrain", "text": head[:end + 1] if end >= 20 else head, "answer": None})
+    return out
+
+
 def dialogues_path() -> Path:
     root = repo_root()
     if root is None:
@@ -159,10 +205,10 @@ def build_sft_examples(split: str, sizes: dict | None = None, seed: int = 0) -> 
         raise ValueError(f"split 只能是 'train'、'val'、'test'，收到 {split!r}。")
     if sizes is not None and not isinstance(sizes, dict):
         raise ValueError(f"sizes 应该是「任务 → 条数」的字典，例如 {{\"sentiment\": 10}}，收到 {sizes!r:.40}。")
-    n = {**SPLIT_SIZES[split], **(sizes or {})}
-    unknown = set(n) - set(TASKS)
+    n = {**dict.fromkeys(EXTRA_TASKS, 0), **SPLIT_SIZES[split], **(sizes or {})}
+    unknown = set(n) - set(TASKS + EXTRA_TASKS)
     if unknown:
-        raise ValueError(f"sizes 里有不认识的任务 {sorted(unknown)}；任务只有：{', '.join(TASKS)}。")
+        raise ValueError(f"sizes 里有不认识的任务 {sorted(unknown)}；任务只有：{', '.join(TASKS + EXTRA_TASKS)}。")
     for task, k in (sizes or {}).items():
         check_int(k, f"sizes[{task!r}]", 0, allow_none=True)
     rng = random.Random(f"sft-{split}-{seed}")
@@ -170,7 +216,7 @@ def build_sft_examples(split: str, sizes: dict | None = None, seed: int = 0) -> 
     def take(items: list, k: int | None) -> list:
         return items if k is None or k >= len(items) else rng.sample(items, k)
 
-    by_task: dict[str, list[dict]] = {t: [] for t in TASKS}
+    by_task: dict[str, list[dict]] = {t: [] for t in TASKS + EXTRA_TASKS}
     # 情感：test 只选不太长的评论，正负各半
     reviews = [r for r in _reviews() if r.split == split]
     if split == "test":
@@ -198,7 +244,11 @@ def build_sft_examples(split: str, sizes: dict | None = None, seed: int = 0) -> 
                           "messages": d["messages"] if d["messages"][0]["role"] == "system"
                           else _with_system("dialogue:" + d["id"], d["messages"])} for d in dialogues]
     by_task["dialogue"] = take(dialogue_examples * (DIALOGUE_REPEAT if split == "train" else 1), n["dialogue"])
-    out = [ex for task in TASKS for ex in by_task[task]]
+    if n["next_line"] != 0:   # 默认 0：不读古诗文，也不动随机数（第 06 章的样本和以前完全一样）
+        by_task["next_line"] = take(next_line_examples(split), n["next_line"])
+    if n["pretrain"] != 0:
+        by_task["pretrain"] = pretrain_examples(split, n["pretrain"], rng)
+    out = [ex for task in TASKS + EXTRA_TASKS for ex in by_task[task]]
     rng.shuffle(out)
     return out
 

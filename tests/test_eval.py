@@ -221,3 +221,13 @@ def test_base_report_card_reproduces_on_this_machine():
             assert abs(r["knowledge"]["xiehouyu"][half][key]["k"] - card["knowledge"]["xiehouyu"][half][key]["k"]) <= 3
     for domain in ev.BPC_DOMAINS:
         assert r["bpc"][domain]["bpc"]["value"] == pytest.approx(card["bpc"][domain]["bpc"]["value"], abs=0.01)
+
+
+def test_difference_of_proportions_matches_newcombe():
+    from course_lib.eval import difference, proportion
+    # Newcombe（1998）表 II 的例子：56/70 − 48/80 = 0.2000，方法 10 的区间 [0.0524, 0.3339]
+    d = difference(proportion(56, 70), proportion(48, 80))
+    assert d["value"] == pytest.approx(0.2) and d["lo"] == pytest.approx(0.0524, abs=1e-4)
+    assert d["hi"] == pytest.approx(0.3339, abs=1e-4)
+    same = difference(proportion(30, 100), proportion(30, 100))
+    assert same["lo"] < 0 < same["hi"]

@@ -217,8 +217,9 @@ def test_xz_payload_is_sorted_json_lines():
 
 
 # ---------------------------------------------------------------- course 语料：新参考模型的预训练文本
-def test_course_corpus_is_mix_plus_knowledge_with_famous_texts_upweighted_and_no_test_text():
+def test_course_corpus_is_mix_plus_knowledge_with_famous_and_seen_items_upweighted_and_no_test_text():
     from course_lib.data import load_corpus, load_idioms
+    from course_lib.eval_items import choice_items
     from course_lib.knowledge import UPWEIGHT, classics_documents, frequent_idioms
     train = load_corpus("course", "train").split("\n")
     val = load_corpus("course", "val").split("\n")
@@ -227,7 +228,13 @@ def test_course_corpus_is_mix_plus_knowledge_with_famous_texts_upweighted_and_no
     assert famous and all(counts[d] >= UPWEIGHT for d in famous[:200])
     frequent = frequent_idioms()
     assert 200 < len(frequent) < 5000 and all(counts[i.as_text()] >= UPWEIGHT for i in frequent[:200])
-    ordinary = [i.as_text() for i in load_idioms("train") if i not in set(frequent)][:200]
+    # 「见过」那一半考题的原文也读 UPWEIGHT 遍；其余的成语只读一遍
+    seen = {c.key for c in choice_items("idiom_meaning", "seen")}
+    by_word = {i.word: i for i in load_idioms("train")}
+    assert len(seen) == 500 and all(counts[by_word[w].as_text()] >= UPWEIGHT for w in seen)
+    seen_riddles = {c.key for c in choice_items("xiehouyu", "seen")}
+    assert all(counts[x.as_text()] >= UPWEIGHT for x in load_xiehouyu("train") if x.riddle in seen_riddles)
+    ordinary = [i.as_text() for i in load_idioms("train") if i not in set(frequent) and i.word not in seen][:200]
     assert all(counts[d] == 1 for d in ordinary)
     assert set(load_corpus("mix", "train").split("\n")) <= set(counts)
     test_docs = set(classics_documents(load_classics("test"))) | {i.as_text() for i in load_idioms("test")}

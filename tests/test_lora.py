@@ -258,12 +258,30 @@ def test_peft_adapter_loads_into_course_llama(tmp_path):
                           atol=1e-6)
 
 
-def test_peft_adapter_errors(tmp_path):
-    from course_lib.lora import load_peft_adapter
+def test_rslora_scales_by_sqrt_r_and_matches_peft(tmp_path):
+    from course_lib.hf_adapter import HFCausalLM
+    from course_lib.lora import LoRALinear, load_peft_adapter
+    lin = torch.nn.Linear(8, 8)
+    assert LoRALinear(lin, r=4, alpha=8).scaling == 2.0                     # 原始 LoRA：α / r
+    assert LoRALinear(torch.nn.Linear(8, 8), r=4, alpha=8, rslora=True).scaling == 4.0   # rsLoRA：α / √r
     pm = _peft_model(tmp_path, _model(), use_rslora=True)
     pm.save_pretrained(tmp_path / "rs")
-    with pytest.raises(ValueError, match="use_rslora"):
-        load_peft_adapter(_model(), tmp_path / "rs")
+    ours = load_peft_adapter(_model(), tmp_path / "rs")
+    assert all(m.rslora and m.scaling == 4.0 for m in lora_modules(ours).values())
+    idx = _idx()
+    assert (HFCausalLM(pm)(idx)[0] - ours(idx)[0]).abs().max().item() < 1e-5
+    # 自己的格式存下来再读回：rslora 也跟着回来
+    save_adapter(ours, tmp_path / "mine")
+    back = load_adapter(_model(), tmp_path / "mine")
+    assert all(m.rslora for m in lora_modules(back).values())
+
+
+def test_peft_adapter_errors(tmp_path):
+    from course_lib.lora import load_peft_adapter
+    pm = _peft_model(tmp_path, _model(), use_dora=True)
+    pm.save_pretrained(tmp_path / "dora")
+    with pytest.raises(ValueError, match="use_dora"):
+        load_peft_adapter(_model(), tmp_path / "dora")
     pm = _peft_model(tmp_path, _model())
     pm.save_pretrained(tmp_path / "ok")
     with pytest.raises(ValueError, match="形状不符"):

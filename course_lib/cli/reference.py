@@ -16,6 +16,7 @@ import torch
 
 from ..checkpoint import load_model, save_model
 from ..files import atomic_write_json, atomic_write_text, read_json, read_text_utf8
+from ..knowledge import NEWS_REPEAT, UPWEIGHT
 from ..losses import evaluate_loss
 from ..paths import runs_dir
 from ..reference import HEAD_WINDOWS, REFERENCE_CONFIG, reference_dir
@@ -55,7 +56,7 @@ def build_reference(out: str | Path | None = None, work: str | Path | None = Non
 
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, out, dtype=torch.float16, extra={"step": meta.get("step"), "recipe": p,
-                                                        "command": "python -m course_lib.reference"})
+                                                        "command": command(overrides, out)})
     tok.save(out)
     for name in ("history.json", "train_log.jsonl", "loss.png"):
         shutil.copyfile(work / name, out / name)
@@ -83,18 +84,47 @@ def build_reference(out: str | Path | None = None, work: str | Path | None = Non
         "built": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_text(out / "README.md", model_card(p, metrics))
+    atomic_write_text(out / "README.md", model_card(p, metrics, command(overrides, out)))
     print(f"发布到 {out}：验证集损失 {val_loss:.4f}（困惑度 {math.exp(val_loss):.2f}），"
           f"{metrics['params'] / 1e6:.2f} M 参数，权重 {metrics['weights_bytes'] / 1e6:.1f} MB。")
     return out
 
 
-def model_card(p: dict, m: dict) -> str:
+CORPUS_NOTES = {
+    "mix": "mix = 新闻 + 评论 + 成语；评论和成语的 test 划分从未参与训练",
+    "course": "course = mix（新闻 + 评论 + 成语）+ 古诗文 + 字典 + 歇后语；名篇、常用成语和知识测评 seen 半考题的原文"
+              "重复 {upweight} 遍，新闻 {news} 遍（见 course_lib.knowledge.course_documents）；所有 test 划分从未参与训练",
+}
+
+
+def command(overrides: dict, out: Path) -> str:
+    """复现这个模型的那一条命令。"""
+    if not overrides:
+        return "python -m course_lib.reference"
+    args = " ".join(f"--{k} {v}" for k, v in overrides.items())
+    try:
+        where = out.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        where = out
+    return f"python -m course_lib.reference {args} --out {where}"
+
+
+def model_card(p: dict, m: dict, cmd: str = "python -m course_lib.reference") -> str:
     """发布文件夹里的 README.md：这个模型是什么、怎么来的、实测多好（数字全部来自 metrics.json）。"""
     hours = m["train_seconds"] / 3600
+    if cmd == "python -m course_lib.reference":
+        usage = ("from course_lib.reference import load_reference\n"
+                 "model, tokenizer = load_reference()      # float32 的 Llama + BPETokenizer")
+    else:
+        folder = cmd.split("--out ")[-1]
+        usage = ("from course_lib.checkpoint import load_model\nfrom course_lib.tokenizer import BPETokenizer\n"
+                 f"model, tokenizer = load_model(\"{folder}\").eval(), BPETokenizer.load(\"{folder}\")")
+    extra = ("\n\n成绩单（course_lib.eval 的全部测评，带 95 % 区间和基线）：[report_base.md](report_base.md)。"
+             "模型大小由一次小的缩放实验选定：[docs/scaling.md](../../docs/scaling.md)。"
+             if p["corpus"] == "course" else "")
     return f"""# 课程参考基座模型（reference base checkpoint）
 
-第 05 章预训练流程训练出的中文小 Llama，第 06–09 章默认从它开始。由 `python -m course_lib.reference` 一条命令生成，
+第 05 章预训练流程训练出的中文小 Llama。由 `{cmd}` 一条命令生成，
 本文件和 metrics.json 里的数字都是那次运行实测的。
 
 | 项目 | 数值 |
@@ -102,7 +132,7 @@ def model_card(p: dict, m: dict) -> str:
 | 结构 | Llama：{p["n_layers"]} 层，{p["dim"]} 维，{p["n_heads"]} 个 q 头 / {p["n_kv_heads"]} 个 kv 头（GQA），上下文 {p["block_size"]}，输入输出嵌入共享 |
 | 参数量 | {m["params"]:,}（{m["params"] / 1e6:.2f} M） |
 | 分词器 | sentencepiece BPE，词表 {p["vocab_size"]}（含 `<\\|im_start\\|>`、`<\\|im_end\\|>` 等特殊 token） |
-| 训练数据 | `{p["corpus"]}` 语料的 train 划分（mix = 新闻 + 评论 + 成语）；评论和成语的 test 划分从未参与训练 |
+| 训练数据 | `{p["corpus"]}` 语料的 train 划分（{CORPUS_NOTES.get(p["corpus"], p["corpus"]).format(upweight=UPWEIGHT, news=NEWS_REPEAT)}） |
 | 训练量 | {m["steps"]} 步 × {p["batch_size"] * p["grad_accum_steps"]} 条 × {p["block_size"]} token = {m["tokens_seen"]:,} token |
 | 学习率 | 峰值 {p["lr"]}，预热 {p["warmup_steps"]} 步，余弦退火到 {p["lr"] * p["min_lr_ratio"]:.2g}；AdamW，weight decay {p["weight_decay"]} |
 | 训练耗时 | {hours:.2f} 小时（{m["device"]}，平均 {m["tokens_per_sec"]:,.0f} token/秒） |
@@ -110,11 +140,10 @@ def model_card(p: dict, m: dict) -> str:
 | 权重文件 | model.safetensors，float16，{m["weights_bytes"] / 1e6:.1f} MB |
 
 ```python
-from course_lib.reference import load_reference
-model, tokenizer = load_reference()      # float32 的 Llama + BPETokenizer
+{usage}
 ```
 
-损失曲线：loss.png；完整历史：history.json；每次运行的摘要：train_log.jsonl。
+损失曲线：loss.png；完整历史：history.json；每次运行的摘要：train_log.jsonl。{extra}
 """
 
 
@@ -128,6 +157,9 @@ HELP = """用法：python -m course_lib.reference [--out 目录] [--键 值 ...]
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "--chat" in argv:   # 参考对话模型：见 course_lib/cli/chat_reference.py
+        from .chat_reference import main as chat_main
+        return chat_main(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(HELP.format(keys=", ".join(sorted(REFERENCE_CONFIG))))
         return 0
