@@ -20,7 +20,7 @@ from ..sft import TRAIN_KEYS, SFTDataset, train_sft
 from ..sft_data import REFERENCE_SFT_SIZES, build_sft_examples
 from ..tokenizer import BPETokenizer
 from ..train import History
-from .pretrain import check_out, parse_options, parse_overrides
+from .pretrain import _save_loss_plot, check_out, parse_options, parse_overrides
 
 # 训练配方。lr 比第 06 章低（5e-4 vs 1e-3）、混入预训练文本：两样都是为了不忘掉预训练学到的语言（bpc 只许涨 10 %）。
 CHAT_CONFIG = dict(max_len=192, batch_size=32, max_steps=2400, lr=5e-4, min_lr_ratio=0.1, warmup_steps=50,
@@ -37,7 +37,6 @@ def build_chat_reference(base: str | Path = DEFAULT_BASE, out: str | Path = DEFA
                          evaluate: bool = True, progress: bool = True, **overrides) -> Path:
     """从 base 出发做参考配方的 SFT，发布到 out。work（检查点）默认 data/runs/chat_reference；已有检查点就续训。"""
     from ..device import seed_everything
-    from ..plotting import plot_losses
 
     root = repo_root() or Path.cwd()
     base, out = (Path(p) if Path(p).is_absolute() else root / p for p in (base, out))
@@ -74,12 +73,7 @@ def build_chat_reference(base: str | Path = DEFAULT_BASE, out: str | Path = DEFA
         "base": shown, "base_sha256": _sha256(base / "model.safetensors"), "recipe": base_meta.get("recipe")})
     tok.save(out)
     atomic_write_json(out / "history.json", history.as_dict())
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ax = plot_losses(history, title="参考对话模型的 SFT")
-    ax.figure.savefig(out / "loss.png", dpi=120, bbox_inches="tight")
-    plt.close(ax.figure)
+    _save_loss_plot(history, out / "loss.png", "参考对话模型的 SFT")   # 与预训练同一个画图函数（原子写入）
     metrics = {"params": model.num_params(), "steps": p["max_steps"], "train_examples": len(train),
                "train_trainable_tokens": train.stats["n_trainable"], "tasks": counts,
                "val_loss": history.val_loss[-1] if history.val_loss else None,
