@@ -1,4 +1,9 @@
-"""第 09 章：读取一个能对话的模型——课程自己的格式、Hugging Face 格式，或第 06 章的 SFT 模型（默认）。"""
+"""第 09 章：读取一个能对话的模型——课程自己的格式、Hugging Face 格式，或第 06 章的 SFT 模型（默认）。
+
+    load_chat_model()                    # 第 06 章的 SFT 模型（90 秒的小雁）
+    load_chat_model(chat_model_dir())    # 课程发布的参考对话模型 assets/chat_model（同一配方，训练得长得多）
+    load_chat_model("assets/chat_model") # 同上：仓库里的相对路径在别的工作目录下也能找到
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +12,22 @@ import torch
 
 from .device import get_device
 from .files import as_path, read_json
+from .paths import repo_root
+
+CHAT_MODEL_DIR = "assets/chat_model"   # 参考对话模型在仓库里的位置（python -m course_lib.reference --chat 发布到这里）
+
+
+def chat_model_dir() -> Path:
+    """课程发布的参考对话模型所在的文件夹（仓库里的 assets/chat_model）。"""
+    root = repo_root()
+    if root is None:
+        raise FileNotFoundError(f"找不到课程仓库，也就找不到 {CHAT_MODEL_DIR}。请在课程仓库里 pip install -e . 后使用。")
+    return root / CHAT_MODEL_DIR
+
+
+def _is_reference_chat(folder: Path) -> bool:
+    root = repo_root()
+    return root is not None and folder.resolve() == (root / CHAT_MODEL_DIR).resolve()
 
 
 def _is_course_folder(meta: dict) -> bool:
@@ -18,6 +39,8 @@ def load_chat_model(path: str | Path | None = None, device: str | torch.device =
 
     - path=None：第 06 章的 SFT 模型（course_lib.sft.load_sft_model，缺失时它会自动训练一个）；
       sft 模块不可用时，退回参考基座模型（它没学过对话，回答不会像样）。
+    - path 是相对路径、在当前目录下不存在、但在课程仓库的根目录下存在（例如在 notebooks/ 里写 "assets/chat_model"）：
+      用仓库里的那个。
     - path 是 course_lib 保存的文件夹（save_model 的 config.json + model.safetensors，分词器在同一文件夹或其
       tokenizer/ 子文件夹）：读成 course_lib 的 Llama + BPETokenizer。
     - path 是 Hugging Face 格式的文件夹（export_hf 导出的，或下载好的 Qwen2.5-0.5B-Instruct）：用 transformers 读。
@@ -28,6 +51,13 @@ def load_chat_model(path: str | Path | None = None, device: str | torch.device =
     if path is None:
         return _load_default(device)
     folder = as_path(path, "模型文件夹").expanduser()
+    root = repo_root()
+    if not folder.exists() and not folder.is_absolute() and root is not None and (root / folder).exists():
+        folder = root / folder                    # 仓库里的相对路径（assets/chat_model）：不必先 cd 到仓库根目录
+    if _is_reference_chat(folder) and not (folder / "model.safetensors").exists():
+        raise FileNotFoundError(f"{folder} 里没有参考对话模型（缺 model.safetensors）。它随仓库一起发布："
+                                f"git checkout {CHAT_MODEL_DIR} 可以恢复，或运行 python -m course_lib.reference --chat "
+                                "重新训练一个（2 核 CPU 上几十分钟）。")
     if not folder.exists():
         text = str(path)
         if text.count("/") == 1 and not text.startswith((".", "/", "~")):
@@ -56,9 +86,10 @@ def _load_course(folder: Path, device):
     if not isinstance(model, Llama):
         raise ValueError(f"{folder} 里是第 03 章的 GPT（字符级），没有对话模板要用的特殊 token，不能用来对话。"
                          "请用第 05 章起的 Llama 模型文件夹。")
+    name = f"课程的参考对话模型 {CHAT_MODEL_DIR}" if _is_reference_chat(folder) else f"course_lib 模型 {folder}"
     for tok_dir in (folder, folder / "tokenizer"):
         if (tok_dir / BPETokenizer.MODEL_FILE).exists():
-            return model, BPETokenizer.load(tok_dir), f"course_lib 模型 {folder}"
+            return model, BPETokenizer.load(tok_dir), name
     raise FileNotFoundError(f"{folder} 里有模型，但找不到分词器（{BPETokenizer.MODEL_FILE} 和 {BPETokenizer.META_FILE}）。"
                             "请把训练这个模型时用的分词器 save() 到同一个文件夹。")
 

@@ -153,8 +153,9 @@ def load_subject(name: str, device="cpu") -> Subject:
             from .sft import _base_fingerprint
             info["sft"] = meta["sft"].get("config")
             if meta.get("base_sha256") == _base_fingerprint():
+                from .reference import REFERENCE_CONFIG
                 info["base"] = "assets/base_model"
-                info["corpus"] = "mix"
+                info["corpus"] = REFERENCE_CONFIG["corpus"]
                 info["tokens_seen"] = reference_metrics().get("tokens_seen")
     return Subject(model, tokenizer, description, info)
 
@@ -558,8 +559,8 @@ def compare_markdown(reports: dict[str, dict]) -> str:
         for d in domains:
             ra, rb = a["bpc"][d], b["bpc"][d]
             if "doc_bits" in ra and "doc_bits" in rb and ra["chars"] == rb["chars"]:
-                chars = [len(x) for x in _bpc_documents(d)]
-                diff = ratio([y - x for x, y in zip(ra["doc_bits"], rb["doc_bits"])], chars)
+                bits = [y - x for x, y in zip(ra["doc_bits"], rb["doc_bits"])]
+                diff = ratio(bits, [len(x) for x in _bpc_documents(d)][:len(bits)])   # limit 时只评了前几篇
                 rows.append(f"| bpc 差：{DOMAIN_NAMES[d]}（右 − 左，逐篇配对） | | {_num(diff)} |")
     tasks = [t for t in items.CHOICE_TASKS if all(t in (r.get("knowledge") or {}) for r in reports.values())]
     for t in tasks:

@@ -431,3 +431,20 @@ def check_07_merge(fn) -> bool:
         ok = torch.is_tensor(merged) and merged.shape == base.weight.shape and torch.allclose(x @ merged.T, layer(x), atol=1e-4)
     return _report(ok, "W + (α/r)·B·A：合并后只剩一个矩阵乘法，推理不比原模型慢。",
                    "提示：ΔW = B @ A 的形状是 (out, in)，和 W 一样；别忘了乘缩放 α / r。")
+
+
+def check_07_scaling(fn) -> bool:
+    """练习：写 fn(alpha, r, rslora)，返回 LoRA 的缩放 s（LoRA 论文：α / r；rsLoRA：α / √r），与 LoRALinear.scaling 对照。"""
+    from .lora import LoRALinear
+    cases = [(alpha, r, rs) for alpha, r in ((16, 8), (16, 2), (16, 32), (8, 1), (5.5, 4)) for rs in (False, True)]
+    for alpha, r, rs in cases:
+        truth = LoRALinear(torch.nn.Linear(2, 2), r=r, alpha=alpha, rslora=rs).scaling
+        try:
+            got = float(fn(alpha, r, rs))
+        except Exception as e:
+            return _report(False, "", f"你的函数在 alpha={alpha}、r={r}、rslora={rs} 时报错了：{type(e).__name__}: {e}")
+        if not math.isclose(got, truth, rel_tol=1e-6):
+            hint = "rsLoRA 除以的是 √r，不是 r。" if rs else "LoRA 论文的缩放是 α / r。"
+            return _report(False, "", f"alpha={alpha}、r={r}、rslora={rs} 时应该是 {truth:.4g}，你的函数给出 {got:.4g}。提示：{hint}")
+    return _report(True, "固定 α 时，α / r 随 r 变小得快（r 变 4 倍，缩放变成 1/4）；α / √r 只变成 1/2——"
+                   "所以 rsLoRA 下换秩时学习的快慢更稳定。", "")

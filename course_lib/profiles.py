@@ -113,57 +113,61 @@ CHAPTERS: dict[str, dict[str, dict]] = {
         # 手写对话在里面已各重复 12 次），每一轮（epoch）把每条样本恰好用一次。和预训练一样最多约 4 遍：
         #   tiny 200 步 × 16 条 ≈ 0.4 遍；small 900 步 × 32 条 ≈ 3.5 遍；full 450 步 × 64 条 ≈ 3.5 遍。
         #   以前 small 1500 步（5.8 遍）、full 3000 步（23.1 遍）：远超 4 遍，所以减少了步数（预热、评估间隔按比例缩短）。
+        # eval_limit：6.8 节 course_lib.eval 每个知识任务每一半取几道题（bpc 取几篇文档）；forget_steps / forget_pretrain：
+        # 6.9 节遗忘实验两次短训练的步数、混进训练集的预训练文本条数（sft_data.pretrain_examples）。
         "tiny": dict(max_len=160, batch_size=16, max_steps=200, lr=1e-3, min_lr_ratio=0.1, warmup_steps=10,
                      weight_decay=0.0, grad_clip=1.0, eval_interval=50, seed=1337, per_example_loss=True,
-                     max_new_tokens=48),
+                     max_new_tokens=48, eval_limit=100, forget_steps=60, forget_pretrain=1500),
         "small": dict(max_len=256, batch_size=32, max_steps=900, lr=5e-4, min_lr_ratio=0.1, warmup_steps=50,
                       weight_decay=0.0, grad_clip=1.0, eval_interval=150, seed=1337, per_example_loss=True,
-                      max_new_tokens=64),
+                      max_new_tokens=64, eval_limit=None, forget_steps=300, forget_pretrain=1500),
         "full": dict(max_len=256, batch_size=64, max_steps=450, lr=5e-4, min_lr_ratio=0.1, warmup_steps=25,
                      weight_decay=0.0, grad_clip=1.0, eval_interval=75, seed=1337, per_example_loss=True,
-                     max_new_tokens=64),
+                     max_new_tokens=64, eval_limit=None, forget_steps=150, forget_pretrain=1500),
     },
     "07_lora": {
-        # LoRA（course_lib.lora）与 peft：从第 06 章的 SFT 模型出发，在情感分类题上微调。训练用 sft.train_sft（多余的键忽略）。
-        # targets：装 LoRA 的线性层；alpha / r 是缩放（比较不同秩时保持 alpha / r 不变）；lr 给 LoRA，full_lr 给全量微调。
-        # ranks：7.8 节比较的秩（每种做法都训练 max_steps 步）；val_size：验证集情感题条数；max_new_tokens：评测时回复最多几个 token。
-        # tiny 的学习率（2 核 CPU，24 步后的验证损失）：LoRA r=8 的 lr=1e-3 → 0.1585–0.1595，5e-4 → 0.1592，2e-3 → 0.1608；
-        # 全量微调 full_lr=1e-4 → 0.1626（2e-4、3e-4 明显变差）。
+        # LoRA（course_lib.lora）与 peft：从第 06 章的 SFT 模型出发，在情感分类题上继续微调。训练用 sft.train_sft（多余的键忽略）。
+        # targets：装 LoRA 的线性层；缩放 alpha / r（LoRA 论文：固定 alpha，换秩不调）；lr 给 LoRA，full_lr 给全量微调。
+        # train_size：训练用的 train 划分评论条数（None = 全部）；test_size：测试的 test 划分评论条数（None = 全部，
+        # 即 eval_items.sentiment_reviews()，和成绩单的情感题相同）；val_size：验证集情感题条数。
+        # ranks：7.9 节扫描的秩（α/r 与 rsLoRA 的 α/√r 各一遍；应包含 r，那一点两种缩放相同，直接用 7.5 节的模型）；
+        # base_steps / base_batch_size / base_lr：7.11 节从基座模型出发的两种 LoRA（带不带 embed_tokens）的训练设置；
+        # max_new_tokens：评测时回复最多几个 token。
         "tiny": dict(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), r=8, alpha=16,
                      dropout=0.0, max_len=160, batch_size=8, max_steps=24, lr=1e-3, full_lr=1e-4, min_lr_ratio=0.1,
                      warmup_steps=2, weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=1337, per_example_loss=True,
-                     ranks=(2, 8, 32), val_size=200, max_new_tokens=4),
+                     ranks=(2, 8, 32), train_size=None, val_size=200, test_size=None, base_steps=30, base_batch_size=16,
+                     base_lr=2e-3, max_new_tokens=4),
         "small": dict(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), r=8, alpha=16,
                       dropout=0.05, max_len=256, batch_size=32, max_steps=400, lr=1e-3, full_lr=1e-4, min_lr_ratio=0.1,
                       warmup_steps=20, weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=1337, per_example_loss=True,
-                      ranks=(2, 8, 32), val_size=400, max_new_tokens=4),
+                      ranks=(2, 8, 32), train_size=None, val_size=400, test_size=None, base_steps=400, base_batch_size=32,
+                      base_lr=1e-3, max_new_tokens=4),
         "full": dict(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), r=16, alpha=32,
                      dropout=0.05, max_len=256, batch_size=64, max_steps=800, lr=1e-3, full_lr=1e-4, min_lr_ratio=0.1,
                      warmup_steps=40, weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=1337, per_example_loss=True,
-                     ranks=(2, 8, 32), val_size=400, max_new_tokens=4),
+                     ranks=(4, 16, 64), train_size=None, val_size=400, test_size=None, base_steps=800, base_batch_size=64,
+                     base_lr=1e-3, max_new_tokens=4),
     },
     "08_quantization": {
-        # 量化（course_lib.quant）与 bitsandbytes。small、full 两档尚未在 GPU 上实测。
-        # ppl_windows：验证困惑度用的 256-token 窗口数；kl_windows：算与 fp32 的 KL 用的窗口数；
-        # eval_subset：test 划分里固定的评测子集（每种任务取前几道，None = 全部）；speed_*：生成速度（token/秒）的测法；
-        # qlora：QLoRA 的训练配置。
-        "tiny": dict(group_size=64, ppl_windows=16, kl_windows=4, eval_subset=dict(sentiment=32, arithmetic=16,
-                     idiom_pinyin=8, idiom_chain=8), max_new_tokens=24, speed_tokens=32, speed_repeats=3,
-                     bnb_compute_dtype="float32",
+        # 量化（course_lib.quant）与 bitsandbytes，在参考对话模型（assets/chat_model）上。small、full 两档尚未在 GPU 上实测。
+        # bpc_windows：算 bpc 和与 fp32 的 KL 用的 256-token 验证窗口数（course 语料的 val 划分）；
+        # task_limits：course_lib.eval 的三项技能题各取前几道（None = 该任务的默认题量）；speed_*：生成速度（token/秒）的测法；
+        # qlora：QLoRA 与 LoRA 对照实验的训练配置（两次训练用同一份）。
+        "tiny": dict(group_size=64, bpc_windows=16, task_limits=dict(sentiment=150, arithmetic=50, pinyin=30),
+                     speed_tokens=32, speed_repeats=2, bnb_compute_dtype="float32",
                      qlora=dict(r=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                         "down_proj"], train_examples=512, max_len=128, batch_size=8,
-                                max_steps=12, lr=3e-3, min_lr_ratio=0.1, warmup_steps=2, weight_decay=0.0,
-                                grad_clip=1.0, eval_interval=12, seed=1337)),
-        "small": dict(group_size=64, ppl_windows=200, kl_windows=16, eval_subset=dict(sentiment=100, arithmetic=50,
-                      idiom_pinyin=30, idiom_chain=30), max_new_tokens=32, speed_tokens=64,
-                      speed_repeats=3, bnb_compute_dtype="bfloat16",
+                                max_steps=24, lr=3e-3, min_lr_ratio=0.1, warmup_steps=2, weight_decay=0.0,
+                                grad_clip=1.0, eval_interval=8, seed=1337)),
+        "small": dict(group_size=64, bpc_windows=64, task_limits=dict(sentiment=400, arithmetic=300, pinyin=200),
+                      speed_tokens=64, speed_repeats=3, bnb_compute_dtype="bfloat16",
                       qlora=dict(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                           "up_proj", "down_proj"], train_examples=4000, max_len=256,
                                  batch_size=16, max_steps=200, lr=1e-3, min_lr_ratio=0.1, warmup_steps=20,
                                  weight_decay=0.0, grad_clip=1.0, eval_interval=50, seed=1337)),
-        "full": dict(group_size=64, ppl_windows=None, kl_windows=32, eval_subset=dict(sentiment=None, arithmetic=None,
-                     idiom_pinyin=None, idiom_chain=None), max_new_tokens=48, speed_tokens=128,
-                     speed_repeats=3, bnb_compute_dtype="bfloat16",
+        "full": dict(group_size=64, bpc_windows=128, task_limits=dict(sentiment=None, arithmetic=None, pinyin=None),
+                     speed_tokens=128, speed_repeats=3, bnb_compute_dtype="bfloat16",
                      qlora=dict(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                          "up_proj", "down_proj"], train_examples=None, max_len=256,
                                 batch_size=32, max_steps=500, lr=1e-3, min_lr_ratio=0.1, warmup_steps=50,
@@ -171,13 +175,18 @@ CHAPTERS: dict[str, dict[str, dict]] = {
     },
     "09_chat": {
         # 对话（course_lib.chat）。temperature…max_new_tokens：ChatSession 的默认采样参数；bench_new_tokens：测 KV 缓存提速时
-        # 生成多少个 token；rep_prompts × rep_new_tokens：测重复惩罚的测试集续写；eval_questions：测「说完就停」的测试题数。
+        # 生成多少个 token（bench_repeats：有、没有缓存交替测几遍，各取最快的一遍）；rep_prompts × rep_new_tokens：测重复惩罚的
+        # 测试集续写；eval_questions：测「说完就停」的测试题数；
+        # eval_limit：9.12 节用 course_lib.eval 的技能题比较两个模型时，每个任务取前几道（诗句接续每一半各取这么多）。
         "tiny": dict(temperature=0.7, top_k=None, top_p=0.9, repetition_penalty=1.1, max_new_tokens=48,
-                     bench_new_tokens=120, rep_prompts=6, rep_new_tokens=48, eval_questions=18),
+                     bench_new_tokens=120, bench_repeats=3, rep_prompts=6, rep_new_tokens=48, eval_questions=18,
+                     eval_limit=20),
         "small": dict(temperature=0.7, top_k=None, top_p=0.9, repetition_penalty=1.1, max_new_tokens=128,
-                      bench_new_tokens=192, rep_prompts=32, rep_new_tokens=96, eval_questions=96),
+                      bench_new_tokens=192, bench_repeats=3, rep_prompts=32, rep_new_tokens=96, eval_questions=96,
+                      eval_limit=100),
         "full": dict(temperature=0.7, top_k=None, top_p=0.9, repetition_penalty=1.1, max_new_tokens=128,
-                     bench_new_tokens=192, rep_prompts=64, rep_new_tokens=96, eval_questions=192),
+                     bench_new_tokens=192, bench_repeats=3, rep_prompts=64, rep_new_tokens=96, eval_questions=192,
+                     eval_limit=200),
     },
 }
 

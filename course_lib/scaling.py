@@ -33,7 +33,7 @@ BUDGETS = (100_000, 200_000, 400_000)   # 每个大小训练的 token 数
 SWEEP_BATCH = dict(batch_size=8, grad_accum_steps=1)   # 每步 8 × 256 = 2,048 token：小预算也有上百步
 EVAL_WINDOWS = 64
 # 这次实验分不出高下时人为的选择和理由（写进 docs/scaling.md）。参考基座模型就是按它训练的：
-# python -m course_lib.reference --corpus course --dim 192 --n_layers 6 --n_heads 6 ...（见 assets/base_model_next/config.json）
+# python -m course_lib.reference（REFERENCE_CONFIG 用的就是 size_config(CHOICE)，见 assets/base_model/config.json）
 CHOICE = "s"
 CHOICE_REASON = ("实测的几个大小预测损失相差不到拟合的均方根残差，靠这次实验分不出高下，所以按另外三条理由选：第 06–09 章要在 "
                  "2 核 CPU 上几分钟内对基座模型做 SFT、LoRA、量化和评测，s 每个 token 的计算明显比 m 少；知识测评要模型记住"

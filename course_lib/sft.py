@@ -308,8 +308,9 @@ def sft_model_dir() -> Path:
 
 
 def _base_fingerprint() -> str:
-    from .reference import reference_dir
-    return hashlib.sha256((reference_dir() / "model.safetensors").read_bytes()).hexdigest()
+    """SFT 的基座（reference.profile_base_dir：tiny 档是参考模型，small / full 档是本档第 05 章的模型）的 sha256。"""
+    from .reference import profile_base_dir
+    return hashlib.sha256((profile_base_dir(quiet=True) / "model.safetensors").read_bytes()).hexdigest()
 
 
 def save_sft_model(model, tokenizer, folder: str | Path | None = None, extra: dict | None = None) -> Path:
@@ -322,18 +323,19 @@ def save_sft_model(model, tokenizer, folder: str | Path | None = None, extra: di
 
 
 def build_sft_model(profile: str | None = None, progress: bool = True, save: bool = True, device=None, **overrides):
-    """从参考基座模型出发，按 chapter_config("06_sft") 做一遍 SFT：返回 (model, tokenizer, history)。
+    """从本档的基座模型（reference.profile_base_dir：tiny 档是参考基座）出发，按 chapter_config("06_sft") 做一遍 SFT：
+    返回 (model, tokenizer, history)。
 
     第 06 章的 notebook 和 load_sft_model() 用的都是这个函数、这份配置，所以两边得到的是同一个模型（CPU 上逐位相同）。
     device=None 时自动选择（有 GPU 就用 GPU）。
     """
     from .device import get_device, seed_everything
     from .profiles import chapter_config
-    from .reference import load_reference
+    from .reference import load_profile_base
 
     cfg = chapter_config("06_sft", profile, **overrides)
     seed_everything(cfg["seed"])
-    model, tokenizer = load_reference(device=get_device(device))
+    model, tokenizer = load_profile_base(device=get_device(device), profile=profile)
     from .sft_data import build_sft_examples
     history = train_sft(model, tokenizer, build_sft_examples("train"), build_sft_examples("val"), cfg, progress)
     if save:

@@ -467,6 +467,70 @@ def test_chat_ui_widget(tok, model, monkeypatch, capsys):
     assert "你：你好" in out and "小雁：" in out and "（对话历史已清空）" in out
 
 
+# ---------------------------------------------------------------- 参考对话模型（assets/chat_model）
+def test_repo_relative_model_path_and_missing_reference_chat_model(tok, model, tmp_path, monkeypatch):
+    import course_lib.chat_models as chat_models
+    repo = tmp_path / "repo"
+    folder = repo / chat_models.CHAT_MODEL_DIR
+    folder.mkdir(parents=True)
+    monkeypatch.setattr(chat_models, "repo_root", lambda: repo)              # 一个假的课程仓库
+    with pytest.raises(FileNotFoundError, match="git checkout assets/chat_model"):
+        load_chat_model(chat_models.chat_model_dir())                        # 文件夹在、权重不在：说清怎么恢复
+    save_model(model, folder)
+    tok.save(folder)
+    elsewhere = tmp_path / "notebooks"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)                                             # 不在仓库根目录（比如在 notebooks/ 里）
+    m, t, name = load_chat_model("assets/chat_model")                        # 不会被当成 Hub 上的模型名
+    assert isinstance(m, Llama) and isinstance(t, BPETokenizer) and name == "课程的参考对话模型 assets/chat_model"
+    assert load_chat_model(folder)[2] == name
+    with pytest.raises(FileNotFoundError, match="找不到模型文件夹"):
+        load_chat_model("./assets/nope")
+
+
+def _reference_chat_card():
+    from course_lib.chat_models import chat_model_dir
+    from course_lib.files import read_json
+    folder = chat_model_dir()
+    if not (folder / "model.safetensors").exists() or not (folder / "report_chat.json").exists():
+        pytest.skip("参考对话模型（assets/chat_model）还没有发布")
+    return folder, read_json(folder / "report_chat.json", "参考对话模型的成绩单")
+
+
+def _no_system_transcript(card):
+    """成绩单的对话记录里不带系统提示的那几条（身份、名篇下一句）：(任务, 提示, 回复)。"""
+    from course_lib.eval_items import IDENTITY_PROMPTS
+    out = [("identity" if s["prompt"] in IDENTITY_PROMPTS else "next_line", s["prompt"], s["reply"])
+           for s in card["transcript"] if s["prompt"] in IDENTITY_PROMPTS or s["prompt"].endswith("」的下一句是什么？")]
+    assert out, "成绩单的对话记录里应该有身份题和名篇下一句题"
+    return out
+
+
+def test_reference_chat_model_reproduces_its_report_card():
+    from course_lib.eval import MAX_NEW_TOKENS
+    folder, card = _reference_chat_card()
+    m, t, name = load_chat_model(folder)
+    assert isinstance(m, Llama) and isinstance(t, BPETokenizer) and "参考对话模型" in name
+    assert m.num_params() == card["model"]["params"] and next(m.parameters()).dtype == torch.float32
+    for task, prompt, reply in _no_system_transcript(card):                 # 同一个 ChatSession、贪心：逐字相同
+        s = ChatSession(m, t, system=None, temperature=0, repetition_penalty=1.0, max_new_tokens=MAX_NEW_TOKENS[task])
+        assert s.chat(prompt).strip() == reply, prompt
+
+
+def test_cli_with_reference_chat_model(tmp_path):
+    _, card = _reference_chat_card()
+    task, prompt, reply = next(x for x in _no_system_transcript(card) if x[0] == "identity")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, "-m", "course_lib.chat", "--model", "assets/chat_model", "--temperature", "0",
+                        "--repetition_penalty", "1", "--system", "", "--max_new_tokens", "40"],
+                       input=f"{prompt}\n/exit\n".encode(), capture_output=True, timeout=120, env=env,
+                       cwd=tmp_path)                                         # 不在仓库根目录也能找到 assets/chat_model
+    out = r.stdout.decode("utf-8")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "模型：课程的参考对话模型 assets/chat_model" in out
+    assert out.split("小雁：")[1].split("\n")[0].strip() == reply
+
+
 def test_default_model_falls_back_to_reference(monkeypatch):
     from course_lib.reference import reference_dir
     if not (reference_dir() / "model.safetensors").exists():

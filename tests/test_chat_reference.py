@@ -9,7 +9,7 @@ from course_lib.checkpoint import save_model
 from course_lib.eval_items import poem_prompts
 from course_lib.llama import Llama, LlamaConfig
 from course_lib.sft import IGNORE, SFTDataset, encode_text_example
-from course_lib.sft_data import build_sft_examples, next_line_examples, pretrain_examples
+from course_lib.sft_data import REFERENCE_REPEAT, build_sft_examples, next_line_examples, pretrain_examples
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,9 @@ def test_chat_reference_command_runs_end_to_end_small(tok, tmp_path, monkeypatch
     meta = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert meta["sft"]["config"]["max_steps"] == 3 and meta["recipe"] == {"corpus": "course"}
     assert meta["sft"]["tasks"]["next_line"] == 4 and meta["sft"]["tasks"]["pretrain"] == 4
+    assert meta["sft"]["tasks"]["arithmetic"] == 8 * REFERENCE_REPEAT["arithmetic"]   # 算术题按 REFERENCE_REPEAT 重复
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["steps"] == 3 and metrics["train_examples"] == 36
+    assert metrics["steps"] == 3 and metrics["train_examples"] == 36 + 8 * (REFERENCE_REPEAT["arithmetic"] - 1)
     card = (out / "README.md").read_text(encoding="utf-8")
     assert f"{metrics['val_loss']:.4f}" in card and "report_chat.md" in card
     # 续训：同一条命令再跑一次，检查点里已经训完，不再训练，结果相同

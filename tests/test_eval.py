@@ -195,15 +195,18 @@ def test_cli_reports_unknown_tasks_and_models_in_chinese(tmp_path):
 
 # ---------------------------------------------------------------- 提交的成绩单：由 eval 生成，现在重算还对得上
 ROOT = reference_dir().parent.parent
-CARDS = ("base", "sft")
+# 成绩单 → 它的 json（md 与 json 同名同目录）：参考基座、上一版参考基座、第 06 章的 SFT 模型、参考对话模型
+CARDS = {"base": "assets/base_model/report_base", "base_v1": "docs/report_base_v1", "sft": "docs/report_sft",
+         "chat": "assets/chat_model/report_chat"}
 
 
 @pytest.mark.parametrize("name", CARDS)
 def test_committed_report_cards_are_generated_from_their_json(name):
-    data = json.loads((ROOT / "docs" / f"report_{name}.json").read_text(encoding="utf-8"))
+    stem = ROOT / CARDS[name]
+    data = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
     assert data["eval_version"] == ev.EVAL_VERSION and data["limit"] is None and data["tasks"] == list(ev.TASKS)
-    assert (ROOT / "docs" / f"report_{name}.md").read_text(encoding="utf-8") == ev.report_card_markdown(data)
-    assert f"docs/report_{name}.md" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert stem.with_suffix(".md").read_text(encoding="utf-8") == ev.report_card_markdown(data)
+    assert f"{CARDS[name]}.md" in (ROOT / "README.md").read_text(encoding="utf-8")
     for task in items.CHOICE_TASKS:
         for half in items.HALVES:
             assert data["knowledge"][task][half]["n"] == len(items.choice_items(task, half))
@@ -213,7 +216,7 @@ def test_base_report_card_reproduces_on_this_machine():
     """重算基座模型的两项（歇后语两半、新闻的 bpc），与提交的成绩单比较。
     选择题：float32 在不同 CPU（AVX2 / AVX-512）上的舍入不同，几乎打平的两个选项可能换位，允许差 3 题（0.6 %）；
     bpc：是几千个对数概率的和，舍入误差远小于 0.01。"""
-    card = json.loads((ROOT / "docs" / "report_base.json").read_text(encoding="utf-8"))
+    card = json.loads((ROOT / "assets" / "base_model" / "report_base.json").read_text(encoding="utf-8"))
     subject = ev.load_subject("base")
     r = ev.evaluate(subject, "xiehouyu,bpc", baselines=False, progress=False)
     for half in items.HALVES:

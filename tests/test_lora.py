@@ -304,3 +304,13 @@ def test_course_adapter_copies_into_peft(tmp_path):
     assert not result.unexpected_keys
     idx = _idx()
     assert (HFCausalLM(pm)(idx)[0] - ours(idx)[0]).abs().max().item() < 1e-5
+
+
+def test_check_07_scaling(capsys):
+    from course_lib.exercises import check_07_scaling
+    assert check_07_scaling(lambda alpha, r, rslora: alpha / (r ** 0.5 if rslora else r))
+    assert not check_07_scaling(lambda alpha, r, rslora: alpha / r)                 # 忘了 rsLoRA
+    assert not check_07_scaling(lambda alpha, r, rslora: alpha / r ** 0.5)          # 原始 LoRA 也用了 √r
+    assert not check_07_scaling(lambda alpha, r, rslora: 1 / 0)
+    out = capsys.readouterr().out
+    assert "✅" in out and "√r" in out and "报错" in out

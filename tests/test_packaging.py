@@ -6,6 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from course_lib.cli import nbrun
 from course_lib.cli.nbrun import colab_cells
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +68,15 @@ def test_nbrun_record_timing_merges(tmp_path, monkeypatch):
     on_disk = json.loads(nbrun.TIMINGS.read_text(encoding="utf-8"))
     assert on_disk == merged and on_disk["notebooks"] == {"01_bigram.ipynb": 12.3, "02_self_attention.ipynb": 5.0}
     assert "profile=tiny" in on_disk["machine"]
+
+
+def test_readme_tables_are_the_committed_notebook_outputs():
+    """README 里 <!-- readme:名字 --> 区块的表，逐字等于对应 notebook「# README: 名字」格子提交的输出；
+    用时表等于 docs/notebook_timings.json。改了 notebook 没重写 README，这里就失败。"""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tables = nbrun.notebook_tables()
+    blocks = re.findall(r"<!-- readme:([\w-]+) -->", readme)
+    assert blocks, "README 里应该有从 notebook 输出生成的表"
+    assert sorted(blocks) == sorted(tables), (blocks, sorted(tables))
+    assert nbrun.fill_readme_tables(readme, tables) == readme, \
+        "README 的表和 notebook 提交的输出不一致：运行 python -m course_lib.nbrun --readme-only"

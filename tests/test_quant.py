@@ -186,6 +186,22 @@ def test_quantized_model_stays_close(scheme, band):
     assert len(qm.generate([1, 2, 3], 5, temperature=0)) == 8
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_dequantized_copy_is_bitwise_equal(scheme):
+    """第 08 章 8.8 节的捷径：把 QuantLinear 换回 nn.Linear、权重用反量化的结果，logits 与量化模型逐位相同
+    （所以质量可以在这份副本上测，不必每次前向都反量化），贪心生成的结果也相同。"""
+    model = _model()
+    qm = quantize_model(model, scheme, group_size=32)
+    copy_ = copy.deepcopy(model)
+    for name, mod in qm.named_modules():
+        if isinstance(mod, QuantLinear):
+            copy_.get_submodule(name).weight.data = mod.dequantized_weight()
+    x = torch.randint(97, (3, 20))
+    with torch.no_grad():
+        assert torch.equal(qm(x)[0], copy_(x)[0])
+    assert torch.equal(qm.generate([1, 2, 3], 6, temperature=0), copy_.generate([1, 2, 3], 6, temperature=0))
+
+
 def test_weight_memory():
     model = _model()
     fp32 = weight_memory(model)

@@ -4,6 +4,7 @@
     python -m course_lib.nbrun                          # 全部章节 + 参考答案
     python -m course_lib.nbrun notebooks/03_gpt.ipynb
     python -m course_lib.nbrun --update-readme          # 顺便把实测用时写进 README 的表格
+    python -m course_lib.nbrun --readme-only            # 只按提交的输出重写 README 的表（用时、各章的结果表）
 
 它还会统一每个 notebook 开头的 Colab 徽章和安装格子：仓库地址只写在 pyproject.toml 的
 [project.urls] 里，这里读出来生成，所以九本 notebook 不用手工粘贴。
@@ -101,9 +102,36 @@ def execute(nb_path: Path, timeout: int) -> float:
     return seconds
 
 
+README_CELL = re.compile(r"# README: ([\w-]+)")   # 格子的第一行：它输出的 Markdown 表抄进 README 的同名区块
+
+
+def notebook_tables(notebooks_dir: Path | None = None) -> dict[str, str]:
+    """各章 notebook 里以「# README: 名字」开头的格子 → 它提交的 Markdown 输出（README 的表都从这里来）。"""
+    out = {}
+    for path in sorted((notebooks_dir or ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            m = README_CELL.match("".join(cell["source"]))
+            if cell["cell_type"] != "code" or not m:
+                continue
+            texts = ["".join(o["data"]["text/markdown"]) for o in cell.get("outputs", [])
+                     if "text/markdown" in o.get("data", {})]
+            if not texts:
+                raise ValueError(f"{path.name} 的「# README: {m.group(1)}」格子没有 Markdown 输出：先执行这本 notebook。")
+            out[m.group(1)] = "\n\n".join(t.strip() for t in texts)
+    return out
+
+
+def fill_readme_tables(text: str, tables: dict[str, str]) -> str:
+    """把 README 里 <!-- readme:名字 --> … <!-- /readme:名字 --> 之间的内容换成 notebook 的输出。"""
+    for name, table in tables.items():
+        text = re.sub(rf"(<!-- readme:{name} -->\n).*?(\n<!-- /readme:{name} -->)",
+                      lambda m, t=table: m.group(1) + t + m.group(2), text, flags=re.S)
+    return text
+
+
 def update_readme(timings: dict) -> None:
     readme = ROOT / "README.md"
-    text = readme.read_text(encoding="utf-8")
+    text = fill_readme_tables(readme.read_text(encoding="utf-8"), notebook_tables())
     rows = ["| 章节 | tiny（2 核 CPU，实测） |", "|---|---|"]
     for name, t in sorted(timings["notebooks"].items()):
         if not name.startswith("solutions/"):
@@ -151,7 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="tiny", help="用哪一档配置执行（默认 tiny）")
     ap.add_argument("--timeout", type=int, default=1800, help="每个格子的超时秒数")
     ap.add_argument("--update-readme", action="store_true", help="把实测用时写进 README 的表格")
+    ap.add_argument("--readme-only", action="store_true",
+                    help="不执行任何 notebook，只按提交的输出和 docs/notebook_timings.json 重写 README 的表格")
     args = ap.parse_args(argv)
+    if args.readme_only:
+        update_readme(json.loads(TIMINGS.read_text(encoding="utf-8")))
+        return 0
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
     try:  # 执行任何一本之前先检查参数：一行中文错误，退出码 2
         active_profile(args.profile)
