@@ -50,9 +50,12 @@ BANDS: dict[str, dict[str, dict]] = {
                      seen_gap_lo_min=0.0),
     },
     "07_lora": {
-        "tiny": dict(acc_drop_max=None, val_max_rise=None, full_gap_max=None, peft_tol=1e-4, embed_gain_min_se=None),
-        "small": dict(acc_drop_max=None, val_max_rise=None, full_gap_max=None, peft_tol=None, embed_gain_min_se=None),
-        "full": dict(acc_drop_max=None, val_max_rise=None, full_gap_max=None, peft_tol=None, embed_gain_min_se=None),
+        "tiny": dict(acc_drop_max=None, val_max_rise=None, full_gap_max=None, peft_tol=1e-4, embed_loss_gap_min=None,
+                     embed_min_se=None),
+        "small": dict(acc_drop_max=None, val_max_rise=None, full_gap_max=None, peft_tol=None, embed_loss_gap_min=None,
+                      embed_min_se=None),
+        "full": dict(acc_drop_max=None, val_max_rise=None, full_gap_max=None, peft_tol=None, embed_loss_gap_min=None,
+                     embed_min_se=None),
     },
     "08_quantization": {
         "tiny": dict(bpc_ratio_8bit=1.003, bpc_ratio_4bit=1.02, acc_drop_8bit=0.05, acc_drop_4bit=0.1,
@@ -122,7 +125,8 @@ MEASURED: dict[str, dict[str, str]] = {
         "full_gap_max": "（待实测）",
         "peft_tol": "同起点、同数据时 peft 与手写 LoRA 逐步损失之差约 1e-7（float32 舍入）→ 上限 1e-4；"
                     "small、full 有 dropout（两边随机掩码不同），不断言",
-        "embed_gain_min_se": "（待实测）",
+        "embed_loss_gap_min": "（待实测）",
+        "embed_min_se": "（待实测）",
     },
     "08_quantization": {
         "run": "tiny，2 核 CPU：参考对话模型 assets/chat_model（3.59 M 参数，SFT 4000 步）；course 语料 val 的前 16 个 256-token "

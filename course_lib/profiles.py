@@ -131,23 +131,19 @@ CHAPTERS: dict[str, dict[str, dict]] = {
         # train_size：训练用的 train 划分评论条数（None = 全部）；test_size：测试的 test 划分评论条数（None = 全部，
         # 即 eval_items.sentiment_reviews()，和成绩单的情感题相同）；val_size：验证集情感题条数。
         # ranks：7.9 节扫描的秩（α/r 与 rsLoRA 的 α/√r 各一遍；应包含 r，那一点两种缩放相同，直接用 7.5 节的模型）；
-        # base_steps / base_batch_size / base_lr：7.11 节从基座模型出发的两种 LoRA（带不带 embed_tokens）的训练设置；
-        # max_new_tokens：评测时回复最多几个 token。
+        # max_new_tokens：贪心生成核对时回复最多几个 token。7.11 节从基座模型出发的两种 LoRA 用同样的设置。
         "tiny": dict(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), r=8, alpha=16,
                      dropout=0.0, max_len=160, batch_size=8, max_steps=24, lr=1e-3, full_lr=1e-4, min_lr_ratio=0.1,
                      warmup_steps=2, weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=1337, per_example_loss=True,
-                     ranks=(2, 8, 32), train_size=None, val_size=200, test_size=None, base_steps=30, base_batch_size=16,
-                     base_lr=2e-3, max_new_tokens=4),
+                     ranks=(2, 8, 32), train_size=None, val_size=200, test_size=None, max_new_tokens=4),
         "small": dict(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), r=8, alpha=16,
                       dropout=0.05, max_len=256, batch_size=32, max_steps=400, lr=1e-3, full_lr=1e-4, min_lr_ratio=0.1,
                       warmup_steps=20, weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=1337, per_example_loss=True,
-                      ranks=(2, 8, 32), train_size=None, val_size=400, test_size=None, base_steps=400, base_batch_size=32,
-                      base_lr=1e-3, max_new_tokens=4),
+                      ranks=(2, 8, 32), train_size=None, val_size=400, test_size=None, max_new_tokens=4),
         "full": dict(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), r=16, alpha=32,
                      dropout=0.05, max_len=256, batch_size=64, max_steps=800, lr=1e-3, full_lr=1e-4, min_lr_ratio=0.1,
                      warmup_steps=40, weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=1337, per_example_loss=True,
-                     ranks=(4, 16, 64), train_size=None, val_size=400, test_size=None, base_steps=800, base_batch_size=64,
-                     base_lr=1e-3, max_new_tokens=4),
+                     ranks=(4, 16, 64), train_size=None, val_size=400, test_size=None, max_new_tokens=4),
     },
     "08_quantization": {
         # 量化（course_lib.quant）与 bitsandbytes，在参考对话模型（assets/chat_model）上。small、full 两档尚未在 GPU 上实测。
