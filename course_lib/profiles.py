@@ -150,7 +150,7 @@ CHAPTERS: dict[str, dict[str, dict]] = {
         # bpc_windows：算 bpc 和与 fp32 的 KL 用的 256-token 验证窗口数（course 语料的 val 划分）；
         # task_limits：course_lib.eval 的三项技能题各取前几道（None = 该任务的默认题量）；speed_*：生成速度（token/秒）的测法；
         # qlora：QLoRA 与 LoRA 对照实验的训练配置（两次训练用同一份）。
-        "tiny": dict(group_size=64, bpc_windows=16, task_limits=dict(sentiment=120, arithmetic=40, pinyin=20),
+        "tiny": dict(group_size=64, bpc_windows=16, task_limits=dict(sentiment=100, arithmetic=30, pinyin=16),
                      speed_tokens=32, speed_repeats=2, bnb_compute_dtype="float32",
                      qlora=dict(r=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                         "down_proj"], train_examples=512, max_len=128, batch_size=8,
