@@ -448,3 +448,42 @@ def check_07_scaling(fn) -> bool:
             return _report(False, "", f"alpha={alpha}、r={r}、rslora={rs} 时应该是 {truth:.4g}，你的函数给出 {got:.4g}。提示：{hint}")
     return _report(True, "固定 α 时，α / r 随 r 变小得快（r 变 4 倍，缩放变成 1/4）；α / √r 只变成 1/2——"
                    "所以 rsLoRA 下换秩时学习的快慢更稳定。", "")
+
+
+def check_10_dpo_loss(fn) -> bool:
+    """练习：写 fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta) → 标量：一批的平均 DPO 损失。
+    四个输入都是 (B,) 的张量：每条回复（只算回复的 token）的 log 概率之和。"""
+    from .align import dpo_loss
+    g = torch.Generator().manual_seed(0)
+    cases = [tuple(-torch.rand(6, generator=g) * 20 for _ in range(4)) + (beta,) for beta in (0.1, 0.5, 2.0)]
+    try:
+        outs = [fn(*c) for c in cases]
+    except Exception as e:
+        return _report(False, "", f"你的函数报错了：{type(e).__name__}: {e}")
+    refs = [dpo_loss(*c) for c in cases]
+    ok = all(torch.is_tensor(o) and o.numel() == 1 and torch.allclose(o.reshape(()), r, atol=1e-6)
+             for o, r in zip(outs, refs))
+    hint = "提示：先算 (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))，乘以 β，再取 −logsigmoid 的平均。"
+    if not ok and all(torch.is_tensor(o) and o.numel() == 1 for o in outs):
+        c = cases[1]
+        no_ref = -torch.nn.functional.logsigmoid(c[4] * (c[0] - c[1])).mean()
+        if torch.allclose(outs[1].reshape(()), no_ref, atol=1e-6):
+            hint += "你忘了减去参考模型的 log 概率：没有参考模型，DPO 就只是在拉开两个回复的概率，没有「别离参考模型太远」的约束。"
+    return _report(ok, "和 course_lib.align.dpo_loss 一致（也就是 TRL 默认的 sigmoid 损失）。", hint)
+
+
+def check_10_group_advantages(fn) -> bool:
+    """练习：写 fn(rewards) → 优势：rewards 是 (题数, 每组条数) 的张量，每行减去本行的平均、再除以本行的标准差
+    （总体标准差，unbiased=False）+ 1e-4。整行奖励相同时结果应该是 0。"""
+    from .align import group_advantages
+    cases = [torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.1, 0.1, 0.1, 0.1], [1.0, 0.1, 0.0, 1.0]]),
+             torch.rand(5, 8, generator=torch.Generator().manual_seed(3)).round()]
+    try:
+        outs = [fn(c.clone()) for c in cases]
+    except Exception as e:
+        return _report(False, "", f"你的函数报错了：{type(e).__name__}: {e}")
+    refs = [group_advantages(c) for c in cases]
+    ok = all(torch.is_tensor(o) and o.shape == r.shape and torch.allclose(o, r, atol=1e-4) for o, r in zip(outs, refs))
+    return _report(ok, "和 course_lib.align.group_advantages 一致：每组内部比较，整组都对或都错时没有学习信号。",
+                   "提示：rewards.mean(1, keepdim=True) 和 rewards.std(1, keepdim=True, unbiased=False)；"
+                   "注意是每一行（同一道题的一组回复）各自标准化，不是整个张量一起。")

@@ -145,18 +145,28 @@ class SFTDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.items[i]
 
-    def collate(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """补齐成 (x, y)：x = input_ids[:, :-1]，y = labels[:, 1:]；补齐的位置 x 用 pad_id、y 用 -100。
+    def lengths(self) -> list[int]:
+        """每条样本的 token 数（LengthGroupedBatches 按它分组）。"""
+        return [len(e["input_ids"]) for e in self.items]
 
-        补在右边：因果注意力只往左看，右边的 pad 影响不到前面任何位置的输出，所以不需要注意力掩码。
-        """
-        length = max(len(e["input_ids"]) for e in batch)
-        ids = torch.full((len(batch), length), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), length), IGNORE, dtype=torch.long)
-        for row, e in enumerate(batch):
-            ids[row, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
-            labels[row, :len(e["labels"])] = torch.tensor(e["labels"])
-        return ids[:, :-1], labels[:, 1:]
+    def collate(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """补齐成 (x, y)：x = input_ids[:, :-1]，y = labels[:, 1:]；补齐的位置 x 用 pad_id、y 用 -100（pad_batch）。"""
+        return pad_batch(batch, self.pad_id)
+
+
+def pad_batch(encoded: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """编码好的样本（有 input_ids、labels）补齐成 (x, y)：x = input_ids[:, :-1]，y = labels[:, 1:]。
+
+    补在右边：因果注意力只往左看，右边的 pad 影响不到前面任何位置的输出，所以不需要注意力掩码。
+    SFT（SFTDataset）和偏好对齐（align.PreferenceDataset、GRPO 的采样）共用这一段。
+    """
+    length = max(len(e["input_ids"]) for e in encoded)
+    ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), length), IGNORE, dtype=torch.long)
+    for row, e in enumerate(encoded):
+        ids[row, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        labels[row, :len(e["labels"])] = torch.tensor(e["labels"])
+    return ids[:, :-1], labels[:, 1:]
 
 
 # ---------------------------------------------------------------- 3. 训练（课程唯一的 Trainer，配上 SFT 的批次和损失）
@@ -209,18 +219,19 @@ class LengthGroupedBatches:
 
     def __init__(self, dataset: SFTDataset, batch_size: int, seed: int = 1337, rank: int = 0, world_size: int = 1):
         self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
-        self.lengths = [len(e["input_ids"]) for e in dataset.items]
+        self.lengths = dataset.lengths()
         self.generator = torch.Generator().manual_seed(seed)
         self.queue: list[list[int]] = []
 
-    def next(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self, device) -> tuple[torch.Tensor, ...]:
+        """下一批：dataset.collate 的结果（SFT 是 (x, y)；偏好数据还多一个参考模型的 log 概率），都放到 device 上。"""
         rows: list[int] = []
         while len(rows) < self.world_size:  # 多卡时跳过凑不齐每个进程一条的尾批（单卡时每批都用）
             if not self.queue:
                 self.queue = length_grouped_batches(self.lengths, self.batch_size * self.world_size, self.generator)
             rows = self.queue.pop()
-        x, y = self.dataset.collate([self.dataset[i] for i in rows[self.rank::self.world_size]])
-        return x.to(device), y.to(device)
+        batch = self.dataset.collate([self.dataset[i] for i in rows[self.rank::self.world_size]])
+        return tuple(t.to(device) for t in batch)
 
     def state_dict(self) -> dict:
         return {"rng": self.generator.get_state(), "queue": [list(b) for b in self.queue]}
@@ -250,6 +261,22 @@ def _as_dataset(examples, tokenizer, max_len: int) -> SFTDataset | None:
     return SFTDataset(examples, tokenizer, max_len)
 
 
+def finetune_config(model, config: dict | None, overrides: dict, progress: bool, who: str, keys=TRAIN_KEYS,
+                    **train_config) -> tuple[dict, TrainConfig]:
+    """微调类训练（SFT、DPO、GRPO）共用：章节配置字典 + 覆盖项 → (用到的键, TrainConfig)。多余的键忽略，缺的键报错。"""
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config 应该是 chapter_config(...) 返回的字典，收到 {type(config).__name__} {config!r:.30}。")
+    p = {k: v for k, v in {**(config or {}), **overrides}.items() if k in keys}
+    missing = [k for k in keys if k not in p]
+    if missing:
+        raise ValueError(f"{who} 缺少这些配置：{missing}。请传 config=chapter_config(...)，或逐项给出。")
+    cfg = TrainConfig(max_steps=p["max_steps"], batch_size=p["batch_size"], block_size=p["max_len"], lr=p["lr"],
+                      min_lr_ratio=p["min_lr_ratio"], warmup_steps=p["warmup_steps"], weight_decay=p["weight_decay"],
+                      grad_clip=p["grad_clip"], eval_interval=p["eval_interval"], seed=p["seed"], progress=progress,
+                      log=False, device=str(next(model.parameters()).device), **train_config)
+    return p, cfg
+
+
 def sft_trainer(model, tokenizer, train_examples, val_examples=None, config: dict | None = None,
                 progress: bool = True, *, checkpoint_dir: str | None = None, checkpoint_interval: int = 0,
                 resume: str | None = None, **overrides) -> Trainer:
@@ -258,21 +285,12 @@ def sft_trainer(model, tokenizer, train_examples, val_examples=None, config: dic
     混合精度 + GradScaler、梯度累积、多卡、检查点与精确续训）都是预训练用的同一个 Trainer。参数见 train_sft。
     """
     check_module(model, "train_sft")
-    if config is not None and not isinstance(config, dict):
-        raise TypeError(f"config 应该是 chapter_config('06_sft') 返回的字典，收到 {type(config).__name__} {config!r:.30}。")
-    p = {k: v for k, v in {**(config or {}), **overrides}.items() if k in TRAIN_KEYS}
-    missing = [k for k in TRAIN_KEYS if k not in p]
-    if missing:
-        raise ValueError(f"train_sft 缺少这些配置：{missing}。请传 config=chapter_config('06_sft')，或逐项给出。")
+    p, cfg = finetune_config(model, config, overrides, progress, "train_sft", checkpoint_dir=checkpoint_dir,
+                             checkpoint_interval=checkpoint_interval, resume=resume)
     train = _as_dataset(train_examples, tokenizer, p["max_len"])
     val = _as_dataset(val_examples, tokenizer, p["max_len"])
     per_example = bool(p["per_example_loss"])
     rank, _, world_size = dist_info()
-    cfg = TrainConfig(max_steps=p["max_steps"], batch_size=p["batch_size"], block_size=p["max_len"], lr=p["lr"],
-                      min_lr_ratio=p["min_lr_ratio"], warmup_steps=p["warmup_steps"], weight_decay=p["weight_decay"],
-                      grad_clip=p["grad_clip"], eval_interval=p["eval_interval"], seed=p["seed"], progress=progress,
-                      log=False, device=str(next(model.parameters()).device), checkpoint_dir=checkpoint_dir,
-                      checkpoint_interval=checkpoint_interval, resume=resume)
 
     def evaluate(trainer: Trainer) -> dict | None:
         if trainer.step == 0 and val is None:
