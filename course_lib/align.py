@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -149,16 +150,14 @@ def verified(example: dict, reply: str, ended: bool) -> bool:
     return ended and score_reply(example, reply) == 1.0
 
 
-def sample_replies(model, tokenizer, messages: list[dict], n: int, sampling: Sampling, max_new_tokens: int,
-                   seed: int | None = None) -> list[tuple[str, bool]]:
-    """对同一个提示采样 n 条回复（一批一起解码，用 KV 缓存），返回 [(回复文字, 是否以 <|im_end|> 结束)]。"""
-    return [(tokenizer.decode([t for t in ids if t not in _stops(tokenizer)]), ended)
-            for ids, ended in sample_completions(model, tokenizer, encode_chat(messages, tokenizer, True), n, sampling,
-                                                 max_new_tokens, seed)]
-
-
 def _stops(tokenizer) -> tuple[int, int]:
     return (tokenizer.im_end_id, tokenizer.eos_id)
+
+
+def reply_text(tokenizer, ids: list[int]) -> str:
+    """采样得到的回复 token → 文字（去掉停止 token）。"""
+    stops = _stops(tokenizer)
+    return tokenizer.decode([t for t in ids if t not in stops])
 
 
 def sample_completions(model, tokenizer, prompt, n: int, sampling: Sampling, max_new_tokens: int,
@@ -208,10 +207,9 @@ def on_policy_pairs(model, tokenizer, examples: list[dict], n_samples: int = 4, 
             raise ValueError(f"第 {i + 1} 道题（{ex.get('task')}）没有标准答案 answer，无法验证回复的对错。")
     prompts = [encode_chat(ex["messages"][:-1], tokenizer, add_generation_prompt=True) for ex in examples]
     groups = sample_groups(model, tokenizer, prompts, n_samples, sampling, max_new_tokens, seed)
-    stops = _stops(tokenizer)
     for ex, group in zip(examples, groups):
         prompt = ex["messages"][:-1]
-        replies = [(tokenizer.decode([t for t in ids if t not in stops]), ended) for ids, ended in group]
+        replies = [(reply_text(tokenizer, ids), ended) for ids, ended in group]
         ok = [verified(ex, r, ended) for r, ended in replies]
         s = stats.setdefault(ex["task"], {"prompts": 0, "samples": 0, "verified": 0, "pairs": 0})
         s["prompts"] += 1
@@ -329,7 +327,9 @@ def preference_eval(model, dataset: PreferenceDataset, beta: float, batch_size: 
     for start in range(0, len(dataset), batch_size):
         x, y, ref = dataset.collate(dataset.items[start:start + batch_size])
         pc, pr = completion_logps(model(x.to(device))[0], y.to(device)).cpu().chunk(2)
-        pcs.append(pc), prs.append(pr), refs.append(ref)
+        pcs.append(pc)
+        prs.append(pr)
+        refs.append(ref)
     model.train(was_training)
     pc, pr, ref = torch.cat(pcs), torch.cat(prs), torch.cat(refs)
     return {"loss": dpo_loss(pc, pr, ref[:, 0], ref[:, 1], beta).item(), **dpo_stats(pc, pr, ref[:, 0], ref[:, 1], beta),
@@ -344,10 +344,11 @@ def dpo_trainer(model, tokenizer, train_pairs, val_pairs=None, config: dict | No
     评估（eval_interval）时 val 是验证偏好对上的 DPO 损失。
     """
     p, cfg = finetune_config(model, config, overrides, progress, "train_dpo", DPO_KEYS)
-    train = train_pairs if isinstance(train_pairs, PreferenceDataset) else PreferenceDataset(train_pairs, tokenizer,
-                                                                                            p["max_len"])
-    val = val_pairs if isinstance(val_pairs, PreferenceDataset) or val_pairs is None else \
-        PreferenceDataset(val_pairs, tokenizer, p["max_len"])
+    def as_dataset(pairs):
+        return pairs if pairs is None or isinstance(pairs, PreferenceDataset) else \
+            PreferenceDataset(pairs, tokenizer, p["max_len"])
+
+    train, val = as_dataset(train_pairs), as_dataset(val_pairs)
     for ds in (train, val):
         if ds is not None:
             ds.set_reference(ref_model if ref_model is not None else model)
@@ -433,7 +434,7 @@ class GRPOBatches:
                                                                    self.sampling, self.max_new_tokens, seed)):
             enc, rew = [], []
             for ids, ended in group:
-                rew.append(self.reward_fn(ex, self.tok.decode([t for t in ids if t not in _stops(self.tok)]), ended))
+                rew.append(self.reward_fn(ex, reply_text(self.tok, ids), ended))
                 enc.append({"input_ids": prompt + ids, "labels": [IGNORE] * len(prompt) + ids})
             out.append((enc, rew))
         return out
@@ -490,7 +491,6 @@ def train_grpo(model, tokenizer, examples: list[dict], config: dict | None = Non
                skip_uniform: bool = True, max_attempts: int = 4, **overrides):
     """GRPO 训练：每步 batch_size // group_size 道题 × group_size 条采样。ref_model 默认是训练前的 model 的一份拷贝。
     返回 (History, log)：log 有每步的平均奖励 reward、完全答对的比例 solved、整组奖励相同（没有学习信号）的题的比例 no_signal。"""
-    import copy
     p, cfg = finetune_config(model, config, overrides, progress, "train_grpo", GRPO_KEYS)
     ref = ref_model if ref_model is not None else copy.deepcopy(model).eval()
     for q in ref.parameters():
