@@ -3,6 +3,7 @@
     load_chat_model()                    # 第 06 章的 SFT 模型（90 秒的小雁）
     load_chat_model(chat_model_dir())    # 课程发布的参考对话模型 assets/chat_model（同一配方，训练得长得多）
     load_chat_model("assets/chat_model") # 同上：仓库里的相对路径在别的工作目录下也能找到
+    load_chat_model("aligned")           # 第 10 章 DPO 对齐后的模型（data/runs/10_alignment/model）；"chat" = 参考对话模型
 """
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ from .files import as_path, read_json
 from .paths import repo_root
 
 CHAT_MODEL_DIR = "assets/chat_model"   # 参考对话模型在仓库里的位置（python -m course_lib.reference --chat 发布到这里）
+ALIGNED_MODEL_DIR = "data/runs/10_alignment/model"   # 第 10 章 notebook 把 DPO 对齐后的模型存在这里
+# --model 的简称（聊天命令行、成绩单、load_chat_model 都认）：简称 → (仓库里的位置, 缺了时怎么办)
+MODEL_ALIASES = {
+    "chat": (CHAT_MODEL_DIR, "参考对话模型", "它随仓库一起发布：git checkout assets/chat_model 可以恢复。"),
+    "aligned": (ALIGNED_MODEL_DIR, "第 10 章 DPO 对齐后的模型",
+                "先运行第 10 章 notebooks/10_alignment.ipynb（tiny 约 3 分钟），它会把对齐后的模型存到这里。"),
+}
 
 
 def chat_model_dir() -> Path:
@@ -23,6 +31,21 @@ def chat_model_dir() -> Path:
     if root is None:
         raise FileNotFoundError(f"找不到课程仓库，也就找不到 {CHAT_MODEL_DIR}。请在课程仓库里 pip install -e . 后使用。")
     return root / CHAT_MODEL_DIR
+
+
+def resolve_alias(name) -> Path | None:
+    """--model 的简称（"chat"、"aligned"）→ 仓库里的文件夹；不是简称（或同名的本地文件夹存在）时返回 None。
+    简称指向的模型还没有时给出中文错误，说明怎么得到它。"""
+    if not isinstance(name, str) or name not in MODEL_ALIASES or Path(name).exists():
+        return None
+    where, _, how = MODEL_ALIASES[name]
+    root = repo_root()
+    if root is None:
+        raise FileNotFoundError(f"找不到课程仓库，也就找不到 {name}（{where}）。请在课程仓库里 pip install -e . 后使用。")
+    folder = root / where
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"还没有 {name} 模型（{where} 里没有 config.json）。{how}")
+    return folder
 
 
 def _is_reference_chat(folder: Path) -> bool:
@@ -39,6 +62,7 @@ def load_chat_model(path: str | Path | None = None, device: str | torch.device =
 
     - path=None：第 06 章的 SFT 模型（course_lib.sft.load_sft_model，缺失时它会自动训练一个）；
       sft 模块不可用时，退回参考基座模型（它没学过对话，回答不会像样）。
+    - path 是简称 "chat"（参考对话模型）或 "aligned"（第 10 章对齐后的模型）：用仓库里对应的文件夹，说明是简称的全名；
     - path 是相对路径、在当前目录下不存在、但在课程仓库的根目录下存在（例如在 notebooks/ 里写 "assets/chat_model"）：
       用仓库里的那个。
     - path 是 course_lib 保存的文件夹（save_model 的 config.json + model.safetensors，分词器在同一文件夹或其
@@ -50,6 +74,10 @@ def load_chat_model(path: str | Path | None = None, device: str | torch.device =
     device = get_device(device) if device is not None else None  # "tpu"、没有 GPU 时的 "cuda"：一句中文错误
     if path is None:
         return _load_default(device)
+    alias = resolve_alias(path)
+    if alias is not None:
+        model, tokenizer, _ = load_chat_model(alias, device)
+        return model, tokenizer, MODEL_ALIASES[path][1]
     folder = as_path(path, "模型文件夹").expanduser()
     root = repo_root()
     if not folder.exists() and not folder.is_absolute() and root is not None and (root / folder).exists():

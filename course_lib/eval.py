@@ -2,6 +2,7 @@
 
     python -m course_lib.eval --model base          # 参考基座模型（assets/base_model）
     python -m course_lib.eval --model sft           # 第 06 章的 SFT 模型（data/runs/sft，缺了会先训练）
+    python -m course_lib.eval --model chat          # 参考对话模型（assets/chat_model）；aligned = 第 10 章对齐后的模型
     python -m course_lib.eval --model 文件夹 [--tasks knowledge,bpc] [--limit 100]   # course_lib 或 transformers 的文件夹
 
 按 C-Eval、CMMLU、lm-eval 给基座模型打分的方式：
@@ -116,13 +117,16 @@ class Subject:
 
 
 def load_subject(name: str, device="cpu") -> Subject:
-    """--model 的值 → Subject。'base' = 参考基座模型，'sft' = 第 06 章的 SFT 模型，其余是文件夹或 Hub 上的模型名。"""
-    from .chat_models import load_chat_model
+    """--model 的值 → Subject。'base' = 参考基座模型，'sft' = 第 06 章的 SFT 模型，'chat' = 参考对话模型，
+    'aligned' = 第 10 章对齐后的模型，其余是文件夹或 Hub 上的模型名。"""
+    from .chat_models import load_chat_model, resolve_alias
     from .files import read_json
     from .reference import reference_dir
     if not isinstance(name, str) or not name.strip():
-        raise ValueError("--model 要给一个模型：base（参考基座模型）、sft（第 06 章的 SFT 模型）、"
+        raise ValueError("--model 要给一个模型：base（参考基座模型）、sft（第 06 章的 SFT 模型）、chat（参考对话模型）、"
+                         "aligned（第 10 章对齐后的模型）、"
                          "course_lib 或 transformers 的模型文件夹，或联网时 Hub 上的模型名（如 Qwen/Qwen2.5-0.5B-Instruct）。")
+    alias = None
     if name == "base":
         path = reference_dir()
     elif name == "sft":
@@ -130,9 +134,10 @@ def load_subject(name: str, device="cpu") -> Subject:
         load_sft_model(device="cpu")                  # 缺了（或基座更新过）就按第 06 章的配置训练一个
         path = sft_model_dir()
     else:
-        path = Path(name).expanduser()
-    model, tokenizer, description = load_chat_model(str(path) if path.exists() else name,
-                                                    device=device)
+        alias = resolve_alias(name)
+        path = alias or Path(name).expanduser()
+    source = name if alias is not None else str(path) if path.exists() else name     # 简称让 load_chat_model 写出全名
+    model, tokenizer, description = load_chat_model(source, device=device)
     from .paths import repo_root
     root, shown = repo_root(), str(path)
     if root is not None and path.resolve().is_relative_to(root.resolve()):

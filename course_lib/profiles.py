@@ -188,16 +188,17 @@ CHAPTERS: dict[str, dict[str, dict]] = {
         # 偏好对齐（course_lib.align），从参考对话模型 assets/chat_model 出发。dpo / grpo：两次训练的配置（Trainer 的键 +
         # beta；grpo 另有 group_size、temperature、max_new_tokens）。pairs：在线偏好数据——每道 train 题采样 samples 条
         # （温度 temperature），没通过验证的做 rejected；refusal / arithmetic：各取几道题（None = 全部）。
-        # overopt_lr：10.6 节「过度优化」那次 DPO 的学习率；test_arith：算术 test 题取几道（采样、贪心各评一遍）；
+        # overopt_lr：10.6 节「过度优化」那次 DPO 的学习率；GRPO（10.7 节）从那个模型出发；
+        # test_arith：算术 test 题取几道（采样、贪心各评一遍）；heldout_arith：留出集偏好对里加几道 test 算术题；
         # eval_limit：course_lib.eval 的技能题和 bpc 每项取前几道（看无关的能力有没有被破坏）。small、full 尚未在 GPU 上实测。
         "tiny": dict(dpo=dict(max_len=128, batch_size=8, max_steps=40, lr=5e-5, min_lr_ratio=0.1, warmup_steps=2,
                               weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=0, beta=0.1),
                      pairs=dict(samples=2, temperature=1.0, refusal=None, arithmetic=200, max_new_tokens=40),
                      overopt_lr=2e-4,
-                     grpo=dict(max_len=128, batch_size=64, max_steps=16, lr=2e-5, min_lr_ratio=1.0, warmup_steps=0,
+                     grpo=dict(max_len=128, batch_size=64, max_steps=12, lr=5e-5, min_lr_ratio=1.0, warmup_steps=0,
                                weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=0, beta=0.04, group_size=8,
                                temperature=1.0, max_new_tokens=12),
-                     test_arith=600, eval_limit=100),
+                     test_arith=500, heldout_arith=100, eval_limit=100),
         "small": dict(dpo=dict(max_len=192, batch_size=16, max_steps=100, lr=5e-5, min_lr_ratio=0.1, warmup_steps=5,
                                weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=0, beta=0.1),
                       pairs=dict(samples=4, temperature=1.0, refusal=None, arithmetic=1000, max_new_tokens=48),
@@ -205,7 +206,7 @@ CHAPTERS: dict[str, dict[str, dict]] = {
                       grpo=dict(max_len=192, batch_size=256, max_steps=100, lr=3e-5, min_lr_ratio=1.0, warmup_steps=0,
                                 weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=0, beta=0.04, group_size=16,
                                 temperature=1.0, max_new_tokens=16),
-                      test_arith=None, eval_limit=None),
+                      test_arith=None, heldout_arith=None, eval_limit=None),
         "full": dict(dpo=dict(max_len=256, batch_size=32, max_steps=200, lr=5e-5, min_lr_ratio=0.1, warmup_steps=10,
                               weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=0, beta=0.1),
                      pairs=dict(samples=4, temperature=1.0, refusal=None, arithmetic=None, max_new_tokens=64),
@@ -213,7 +214,7 @@ CHAPTERS: dict[str, dict[str, dict]] = {
                      grpo=dict(max_len=256, batch_size=512, max_steps=200, lr=3e-5, min_lr_ratio=1.0, warmup_steps=0,
                                weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=0, beta=0.04, group_size=16,
                                temperature=1.0, max_new_tokens=16),
-                     test_arith=None, eval_limit=None),
+                     test_arith=None, heldout_arith=None, eval_limit=None),
     },
 }
 

@@ -13,7 +13,7 @@ from course_lib.chat import ChatSession, CourseBackend, HFBackend
 from course_lib.chat_models import load_chat_model
 from course_lib.chat_ui import chat_ui, is_interactive, repl, run_demo
 from course_lib.chat_format import CHAT_TEMPLATE, DEFAULT_SYSTEM, encode_chat, format_chat
-from course_lib.generate import StreamDecoder, process_logits, sample_next, sampling_probs, top_p_filter
+from course_lib.generate import StreamDecoder, process_logits, sample_next, sampling_probs
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.llama import Llama, LlamaConfig
 from course_lib.tokenizer import BPETokenizer
@@ -324,6 +324,30 @@ def test_load_chat_model_formats_and_errors(tok, course_dir, tmp_path):
     (tmp_path / "hfish" / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(ValueError, match="transformers 读不了"):
         load_chat_model(tmp_path / "hfish")
+
+
+
+def test_model_aliases(tok, course_dir, tmp_path, monkeypatch):
+    # "chat" / "aligned"：聊天命令行、成绩单和 load_chat_model 共用的简称；缺了时说清楚怎么得到
+    from course_lib import chat_models, eval as ev
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "chat_model").symlink_to(course_dir)
+    monkeypatch.setattr(chat_models, "repo_root", lambda: tmp_path)
+    monkeypatch.chdir(tmp_path / "assets")
+    assert chat_models.resolve_alias("chat") == tmp_path / "assets" / "chat_model"
+    assert chat_models.resolve_alias("assets/chat_model") is None and chat_models.resolve_alias(None) is None
+    model, _, _ = load_chat_model("chat")
+    assert isinstance(model, Llama)
+    subject = ev.load_subject("chat")
+    assert subject.description == "参考对话模型" and subject.info["kind"] == "course_lib"
+    with pytest.raises(FileNotFoundError, match="第 10 章"):
+        load_chat_model("aligned")
+    with pytest.raises(FileNotFoundError, match="第 10 章"):
+        ev.load_subject("aligned")
+    saved = tmp_path / "data" / "runs" / "10_alignment" / "model"
+    saved.parent.mkdir(parents=True)
+    saved.symlink_to(course_dir)
+    assert ev.load_subject("aligned").description == "第 10 章 DPO 对齐后的模型"
 
 
 # ---------------------------------------------------------------- 交互：对话循环、演示、命令行

@@ -1,4 +1,3 @@
-import torch
 
 from course_lib.exercises import check_07_lora_params, check_07_merge, check_07_model_lora_params
 from course_lib.llama import LlamaConfig

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from course_lib import load_corpus
 from course_lib.exercises import check_09_repetition_penalty, check_09_stream_pieces, check_09_top_p

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from course_lib import CharTokenizer
 from course_lib.tokenizer import UNK

@@ -32,7 +32,8 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--model", default=None,
                     help="模型文件夹：course_lib 的格式，或 Hugging Face 的格式（也可以是 Hub 上的模型名，需联网）。"
                          "默认：第 06 章的 SFT 模型；没有 sft 模块时用参考基座模型。"
-                         "assets/chat_model 是课程的参考对话模型（同一配方，训练得长得多）。")
+                         "简称 chat = 课程的参考对话模型 assets/chat_model（同一配方，训练得长得多），"
+                         "aligned = 第 10 章 DPO 对齐后的模型。")
     ap.add_argument("--system", default=None, help="系统提示（默认是课程的 DEFAULT_SYSTEM；传空字符串表示不用）")
     ap.add_argument("--temperature", type=float, default=0.7, help="温度；≤ 0 表示贪心（默认 0.7）")
     ap.add_argument("--top_k", type=int, default=None, help="只在概率最大的 k 个 token 里采样（默认不用）")

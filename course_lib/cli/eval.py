@@ -12,7 +12,7 @@ def build_parser() -> ArgumentParser:
                        description="评测一个模型：知识选择题（见过/没见过两半）、每字比特数、对话模型的技能题，"
                                    "每个比例带 95 % 置信区间和基线；结果写成 JSON 和 Markdown 成绩单。")
     p.add_argument("--model", required=True,
-                   help="base（参考基座模型）、sft（第 06 章的 SFT 模型）、course_lib 或 transformers 的模型文件夹，"
+                   help="base（参考基座模型）、sft（第 06 章的 SFT 模型）、chat（参考对话模型）、aligned（第 10 章对齐后的模型）、course_lib 或 transformers 的模型文件夹，"
                         "或联网时 Hub 上的模型名（如 Qwen/Qwen2.5-0.5B-Instruct）")
     p.add_argument("--tasks", default="all",
                    help=f"逗号分隔的任务：{', '.join(TASKS)}；或一组：{', '.join(GROUPS)}（默认 all）")
