@@ -198,7 +198,7 @@ CHAPTERS: dict[str, dict[str, dict]] = {
                      grpo=dict(max_len=128, batch_size=64, max_steps=12, lr=5e-5, min_lr_ratio=1.0, warmup_steps=0,
                                weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=0, beta=0.04, group_size=8,
                                temperature=1.0, max_new_tokens=12),
-                     test_arith=500, heldout_arith=100, eval_limit=100),
+                     test_arith=300, heldout_arith=100, eval_limit=100),
         "small": dict(dpo=dict(max_len=192, batch_size=16, max_steps=100, lr=5e-5, min_lr_ratio=0.1, warmup_steps=5,
                                weight_decay=0.0, grad_clip=1.0, eval_interval=0, seed=0, beta=0.1),
                       pairs=dict(samples=4, temperature=1.0, refusal=None, arithmetic=1000, max_new_tokens=48),
