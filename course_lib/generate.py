@@ -359,3 +359,91 @@ def generation_speed(model, prompt: list[int], new_tokens: int = 32, repeats: in
         n = sum(1 for _ in stream(model, prompt, new_tokens, temperature=0))
         best = min(best, (time.perf_counter() - t0) / n)
     return 1.0 / best
+
+
+class BatchDecoder:
+    """批量解码（第 11 章的服务器用它）：几条长度不同、随时加入和结束的序列共用一次前向，每条有自己的采样参数。
+
+    和 decode 是同一个循环，只是拆成了两步：add() 预填充一条新序列（单独算它的提示，存进 SlotKVCache 的一个空槽位）
+    并采样它的第一个 token；step() 把所有进行中的序列各自的上一个 token 拼成 (B, 1) 一起前向一次，每行按自己的
+    Sampling 和随机数生成器采样下一个 token。贪心时每条序列的 token 与 decode / stream 单独生成的一样。
+
+    >>> dec = BatchDecoder(model, slots=8)
+    >>> h = dec.add(prompt_ids, max_new_tokens=64, sampling=GREEDY, stop_ids=[tok.im_end_id])
+    >>> events = dec.step()        # [(handle, token, finished), ...]，add 时的第一个 token 也在里面
+    """
+
+    def __init__(self, model, slots: int = 8, capacity: int | None = None):
+        from .llama import Llama, SlotKVCache
+        if not isinstance(model, Llama):
+            raise TypeError(f"BatchDecoder 需要 course_lib.Llama（用它的 KV 缓存），收到 {type(model).__name__}。")
+        self.model = model.eval()
+        w = model.embed_tokens.weight
+        self.cache = SlotKVCache(model.config, slots, capacity, device=w.device, dtype=w.dtype)
+        self.capacity = self.cache.capacity
+        self.free = list(range(slots))[::-1]
+        self.seqs: dict[int, dict] = {}
+        self.pending: list[tuple[int, int, bool]] = []     # add 时采样出的第一个 token，下一次 step 一起交出
+        self._next_handle = 0
+
+    @property
+    def active(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def has_room(self) -> bool:
+        return bool(self.free)
+
+    @torch.no_grad()
+    def add(self, prompt, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int | None = None,
+            stop_ids=()) -> int:
+        """加入一条序列，返回它的编号（handle）。提示 + max_new_tokens 超过容量时报错（调用方先截短 max_new_tokens）。"""
+        check_max_new_tokens(max_new_tokens)
+        ids = prompt_ids(prompt)
+        if len(ids) + max_new_tokens > self.capacity + 1:
+            raise ValueError(f"提示 {len(ids)} 个 token + 最多生成 {max_new_tokens} 个，超过了上下文窗口 {self.capacity}。")
+        if not self.free:
+            raise RuntimeError("BatchDecoder 的槽位都满了：先等一条序列结束（has_room 为 True）再加入。")
+        slot = self.free.pop()
+        device = self.cache.k.device
+        x = torch.tensor([ids], dtype=torch.long, device=device)
+        single = self.model.new_cache(1, capacity=len(ids))
+        logits = _logits(self.model(x, cache=single))
+        self.cache.insert(slot, single)
+        handle, self._next_handle = self._next_handle, self._next_handle + 1
+        seq = {"slot": slot, "sampling": sampling, "generator": make_generator(seed), "max_new": max_new_tokens,
+               "stop": set(token_ids([stop_ids] if isinstance(stop_ids, numbers.Integral) else stop_ids, "stop_ids")),
+               "ids": x, "count": 0}
+        self.seqs[handle] = seq
+        self.pending.append(self._emit(handle, seq, logits[:, -1, :]))
+        return handle
+
+    def _emit(self, handle: int, seq: dict, logits: torch.Tensor) -> tuple[int, int, bool]:
+        s = seq["sampling"]
+        nxt = sample_next(logits, s.temperature, s.top_k, seq["generator"], top_p=s.top_p,
+                          repetition_penalty=s.repetition_penalty, prev_ids=seq["ids"])
+        seq["ids"] = torch.cat([seq["ids"], nxt], dim=1)
+        seq["count"] += 1
+        token = int(nxt)
+        done = token in seq["stop"] or seq["count"] >= seq["max_new"] or int(self.cache.lengths[seq["slot"]]) >= self.capacity
+        if done:
+            self.remove(handle)
+        return handle, token, done
+
+    def remove(self, handle: int) -> None:
+        """提前结束一条序列（例如客户端断开），释放它的槽位。不认识的 handle 什么也不做。"""
+        seq = self.seqs.pop(handle, None)
+        if seq is not None:
+            self.free.append(seq["slot"])
+
+    @torch.no_grad()
+    def step(self) -> list[tuple[int, int, bool]]:
+        """所有进行中的序列各前进一个 token；返回 [(handle, token, 是否结束)]（包括 add 之后还没交出的第一个 token）。"""
+        events, self.pending = self.pending, []
+        live = [(h, s) for h, s in self.seqs.items() if not any(e[0] == h for e in events)]
+        if live:
+            self.cache.active = torch.tensor([s["slot"] for _, s in live], device=self.cache.k.device)
+            last = torch.cat([s["ids"][:, -1:] for _, s in live], dim=0)
+            logits = _logits(self.model(last, cache=self.cache))[:, -1, :]
+            events += [self._emit(h, s, logits[i:i + 1]) for i, (h, s) in enumerate(live)]
+        return events

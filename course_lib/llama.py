@@ -154,6 +154,41 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+class SlotKVCache:
+    """批量解码用的「槽位」KV 缓存（第 11 章的服务器）：每个槽位（batch 的一行）是一条独立的序列，长度各不相同。
+
+    新序列先用普通的 KVCache 单独预填充，再 insert 进一个空槽位；之后每步 forward 只送入 active 这些槽位的各 1 个新 token：
+    每行的 RoPE 位置 = 它自己的长度，注意力用掩码只看它自己写过的位置。lengths[i] 是第 i 个槽位已缓存的位置数。
+    """
+
+    def __init__(self, cfg: LlamaConfig, slots: int, capacity: int | None = None, device=None,
+                 dtype: torch.dtype = torch.float32):
+        check_int(slots, "槽位数 slots")
+        self.capacity = min(check_int(capacity, "KV 缓存的 capacity", allow_none=True) or cfg.max_seq_len, cfg.max_seq_len)
+        shape = (cfg.n_layers, slots, cfg.n_kv_heads, self.capacity, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+        self.active = torch.zeros(0, dtype=torch.long, device=device)     # 这一步参与计算的槽位
+
+    def insert(self, slot: int, cache: KVCache) -> None:
+        """把单条序列预填充好的 KVCache（batch 1）复制进第 slot 个槽位。"""
+        n = cache.pos
+        if n > self.capacity:
+            raise ValueError(f"序列有 {n} 个位置，超过了槽位的容量 {self.capacity}。")
+        self.k[:, slot, :, :n] = cache.k[:, 0, :, :n]
+        self.v[:, slot, :, :n] = cache.v[:, 0, :, :n]
+        self.lengths[slot] = n
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """写入 active 各槽位的新位置（每行 1 个 token），返回这些槽位的全部 k、v (B, Hkv, capacity, hd) 和注意力掩码。"""
+        rows, pos = self.active, self.lengths[self.active]
+        self.k[layer, rows, :, pos] = k[:, :, 0]
+        self.v[layer, rows, :, pos] = v[:, :, 0]
+        mask = torch.arange(self.capacity, device=k.device)[None, :] <= pos[:, None]       # (B, capacity)
+        return self.k[layer, rows], self.v[layer, rows], mask[:, None, None, :]
+
+
 # ---------------------------------------------------------------- 模型
 class Attention(nn.Module):
     """因果自注意力 + RoPE + 分组查询注意力（GQA）。n_kv_heads == n_heads 时就是普通多头注意力。"""
@@ -172,12 +207,17 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        n_rep = self.n_heads // self.n_kv_heads
+        if isinstance(cache, SlotKVCache):   # 批量解码：每行长度不同，用掩码挡住没写过的位置
+            k, v, mask = cache.update(layer, k, v)
+            k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.o_proj(y.transpose(1, 2).contiguous().view(B, T, self.n_heads * self.head_dim))
         start = 0
         if cache is not None:
             start = cache.pos
             k, v = cache.update(layer, k, v)                                             # (B, Hkv, start+T, hd)
         # GQA：每组 k、v 复制给 n_heads / n_kv_heads 个 q 头（第 h 个 q 头用第 h // n_rep 组）
-        n_rep = self.n_heads // self.n_kv_heads
         k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)      # (B, H, S, hd)
         if start == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -270,6 +310,8 @@ class Llama(nn.Module):
             B, T = idx.shape
         except (AttributeError, ValueError):
             raise bad_input(idx) from None
+        if isinstance(cache, SlotKVCache):
+            return self._slot_forward(idx, cache)
         start = cache.pos if cache is not None else 0
         limit = cache.capacity if cache is not None else self.config.max_seq_len
         if start + T > limit:
@@ -286,6 +328,20 @@ class Llama(nn.Module):
         if targets is not None:
             loss = next_token_loss(logits, targets)
         return logits, loss
+
+    def _slot_forward(self, idx: torch.Tensor, cache: SlotKVCache):
+        """批量解码的一步：idx (B, 1) 是 cache.active 这 B 个槽位各自的新 token；每行的 RoPE 位置是它自己的长度。"""
+        if idx.size(1) != 1 or idx.size(0) != cache.active.numel():
+            raise ValueError(f"批量解码每步每个槽位送入 1 个 token：idx 应该是 ({cache.active.numel()}, 1)，收到 {tuple(idx.shape)}。")
+        pos = cache.lengths[cache.active]
+        if bool((pos >= cache.capacity).any()):
+            raise ValueError(f"有槽位的序列已经写满了 {cache.capacity} 个位置：请先结束它。")
+        cos, sin = self.rope_cos[pos][:, None, None, :], self.rope_sin[pos][:, None, None, :]   # (B, 1, 1, hd)
+        x = embed(self.embed_tokens, idx)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache, i)
+        cache.lengths[cache.active] += 1
+        return self.lm_head(self.norm(x)), None
 
     # ------------------------------------------------------------ 生成
     def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

@@ -3,6 +3,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -86,3 +88,17 @@ def test_train_bench_smoke_on_cpu(tmp_path):
     assert f"结论：{q['verdict']}" in text and "95% 区间" in text and "3 轮" in text and "≥ 1.0" not in text
     saved = json.loads((tmp_path / "bench_train_cpu.json").read_text(encoding="utf-8"))
     assert saved["ratios"] == r["ratios"] and saved["ratio"]["verdict"] == q["verdict"]
+
+
+def test_serve_bench_smoke_on_cpu(tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("openai")
+    bench = _load("bench_serve")
+    r = bench.main(["--runs", "2", "--requests", "4", "--max-tokens", "4", "--levels", "4", "--slots", "4",
+                    "--docs", str(tmp_path)])
+    assert len(r["ratios"]["4"]) == 2 and all(v > 0 for v in r["tok_s"]["1"] + r["tok_s"]["4"])
+    assert r["ratios"]["4"] == [a / b for a, b in zip(r["tok_s"]["4"], r["tok_s"]["1"])]
+    assert r["peak_active"]["4"] > 1                         # 并发的请求真的一起解码了
+    text = (tmp_path / "benchmarks.md").read_text(encoding="utf-8")
+    assert text.count("<!-- bench_serve:cpu -->") == 1 and "并发客户端" in text
+    assert json.loads((tmp_path / "bench_serve_cpu.json").read_text(encoding="utf-8"))["requests"] == 4

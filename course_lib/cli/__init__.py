@@ -6,6 +6,8 @@
 - start.py：python -m course_lib.start        检查环境、打开 JupyterLab（README 的第一条命令）
 - eval.py：python -m course_lib.eval           评测一个模型，写成绩单（docs/report_*.md）
 - nbrun.py：python -m course_lib.nbrun        维护者工具：原地重新执行 notebook、记录用时
+- gguf.py：python -m course_lib.gguf          导出 GGUF（llama.cpp / ollama，第 11 章）
+- serve.py：python -m course_lib.serve        OpenAI 兼容的服务器（第 11 章）
 
 老的 python -m course_lib.xxx 写法都保留：那些模块末尾只是把命令转到这里。
 """
@@ -44,3 +46,20 @@ class ArgumentParser(argparse.ArgumentParser):
                 break
         print(f"错误：{message}请用 {self.prog} --help 查看用法。", file=sys.stderr)
         raise SystemExit(2)
+
+
+USER_ERRORS = (ValueError, TypeError, RuntimeError, OSError, ImportError)   # 用户能自己改正的错误（路径、参数、缺包）
+
+
+def run(body, interrupted: int = 130) -> int:
+    """执行命令的主体 body()（返回退出码，None 当作 0）：用户能改正的错误只打印一行中文「错误：…」，退出码 2；
+    Ctrl-C 打印「已取消。」，退出码 interrupted（服务器这类「按 Ctrl-C 就是正常停止」的命令传 0，什么也不打印）。"""
+    try:
+        return body() or 0
+    except USER_ERRORS as e:
+        print(f"错误：{e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if interrupted:
+            print("\n已取消。", file=sys.stderr)
+        return interrupted

@@ -1,9 +1,7 @@
 """python -m course_lib.eval：评测一个模型，写 JSON + Markdown 成绩单（实现在 course_lib.eval）。"""
 from __future__ import annotations
 
-import sys
-
-from . import ArgumentParser
+from . import ArgumentParser, run
 
 
 def build_parser() -> ArgumentParser:
@@ -26,10 +24,11 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..device import get_device
-    from ..eval import evaluate, load_subject, parse_tasks, write_report
-    from ..paths import repo_root
-    try:
+
+    def body():
+        from ..device import get_device
+        from ..eval import evaluate, load_subject, parse_tasks, write_report
+        from ..paths import repo_root
         tasks = parse_tasks(args.tasks)
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit 必须是 ≥ 1 的整数，收到 {args.limit}。")
@@ -43,11 +42,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"评测 {subject.description}：{', '.join(tasks)}", flush=True)
         result = evaluate(subject, tasks, args.limit, baselines=not args.no_baselines)
         js, md = write_report(result, out, args.name)
-    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as e:
-        print(f"错误：{e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\n已取消。", file=sys.stderr)
-        return 130
-    print(f"用时 {result['seconds']:.0f} 秒。成绩单：{md}（数据：{js}）")
-    return 0
+        print(f"用时 {result['seconds']:.0f} 秒。成绩单：{md}（数据：{js}）")
+    return run(body)
