@@ -1,11 +1,11 @@
 """GGUF 基准：导出的文件有多大、和 course_lib 差多少，以及 llama.cpp 在 CPU 上解码多快。
 
-模型：参考对话模型 assets/chat_model。导出 f32 / f16 / q8_0 三种 GGUF，然后：
+模型：参考对话模型 assets/chat_model。导出 f32 / f16 / q8_0 / q4_0 四种 GGUF，然后：
 - 质量：几条对话提示和几段验证集文本上，course_lib 的 logits 与 transformers（from_pretrained(gguf_file=)）、
   llama.cpp（llama-cpp-python，logits_all）读出的 logits 比：最大绝对差、top-1 一致率、平均 KL(course_lib ‖ GGUF)。
   参考对话模型以 fp16 发布，f16 与 f32 逐位相同；所以另外把权重乘 (1 + 1e-3·N(0,1)) 再导出一次，看 f16 真正的误差。
 - 速度：同一个提示贪心生成 --new-tokens 个 token（不在回复结尾停），course_lib（KV 缓存）、transformers generate
-  （同一份权重导出成 HF 格式）、llama.cpp（1 个线程；f32 / f16 / q8_0）轮流计时，先后顺序逐轮轮换；
+  （同一份权重导出成 HF 格式）、llama.cpp（1 个线程；每种 GGUF）轮流计时，先后顺序逐轮轮换；
   每轮以 course_lib 为分母算比值（_report.ratio_summary 给区间和结论）。计时前核对三者的 token 完全相同。
 结果写进 docs/benchmarks.md 里 <!-- bench_gguf:cpu --> 一节和 docs/bench_gguf_cpu.json。
 
@@ -31,11 +31,10 @@ from _report import publish, ratio_summary  # noqa: E402
 
 from course_lib.chat_format import CHAT_TEMPLATE, encode_chat  # noqa: E402
 from course_lib.chat_models import chat_model_dir, load_chat_model  # noqa: E402
-from course_lib.gguf import export_gguf  # noqa: E402
+from course_lib.gguf import TYPES, export_gguf  # noqa: E402
 from course_lib.hf import export_hf  # noqa: E402
 
 QUESTIONS = ("计算：23+45=？", "你是谁？", "「画蛇添足」是什么意思？", "判断这条评论的情感是正面还是负面：房间很干净，服务也好。")
-TYPES = ("f32", "f16", "q8_0")
 
 
 def prompts(tok) -> list[list[int]]:

@@ -1,8 +1,9 @@
 """服务器吞吐量基准：course_lib.serve 的批量解码（并发 4、8、16 个客户端）对比一个接一个地请求（并发 1）。
 
-服务器和客户端在同一个进程里（服务器跑在后台线程，客户端是官方的 openai 包 AsyncOpenAI，流式），模型是参考对话模型。
-每一轮：同一组 --requests 个请求（温度 1、各自固定 seed，ignore_eos：每个正好生成 max_tokens 个 token），先一个接一个地发（基准线），
-再分别以并发 4、8、16 发；吞吐量 = 这组请求生成的 token 总数（usage.completion_tokens）÷ 墙钟时间。
+服务器和部署时一样是另一个进程（python -m course_lib.serve --model chat --threads 1），客户端是官方的 openai 包
+AsyncOpenAI（流式），在这个进程里。模型是参考对话模型。每一轮：同一组 --requests 个请求（温度 1、各自固定 seed，
+ignore_eos：每个正好生成 max_tokens 个 token），先一个接一个地发（基准线），再分别以并发 4、8、16 发；
+吞吐量 = 这组请求生成的 token 总数（usage.completion_tokens）÷ 墙钟时间。服务器的 GET /stats 记下每段同时解码的请求最多几个。
 各并发度的比值只用同一轮里的两个数相除，报告轮数、中位数、范围和几何平均比值的 95 % 区间（见 _report）。
 结果写进 docs/benchmarks.md 里 <!-- bench_serve:cpu --> 一节和 docs/bench_serve_cpu.json。
 
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
+import signal
 import socket
 import statistics
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +30,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from _report import publish, ratio_summary  # noqa: E402
 
 from course_lib.chat_models import load_chat_model  # noqa: E402
-from course_lib.serve import create_app  # noqa: E402
 
 QUESTIONS = ("你是谁？", "计算：23+45=？", "「画蛇添足」是什么意思？", "判断这条评论的情感是正面还是负面：房间很干净，服务也好。",
              "给我讲一个关于月亮的故事", "「床前明月光」的下一句是什么？", "计算：71-38=？", "今天天气怎么样？")
@@ -58,9 +60,11 @@ async def _run(client, n_requests: int, concurrency: int, max_tokens: int) -> tu
     return sum(counts), time.perf_counter() - t0
 
 
-def measure(url: str, engine, levels, runs: int, n_requests: int, max_tokens: int, log=print) -> dict:
+def measure(url: str, levels, runs: int, n_requests: int, max_tokens: int, log=print) -> dict:
+    import httpx
     import openai
     client = openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0)
+    stats = url.removesuffix("/v1") + "/stats"
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(_run(client, 4, 4, max_tokens))            # 预热：第一次前向、建立连接
@@ -69,11 +73,11 @@ def measure(url: str, engine, levels, runs: int, n_requests: int, max_tokens: in
         for r in range(runs):
             order = [1, *levels] if r % 2 == 0 else [*levels, 1]
             for c in order:
-                engine.max_active = 0
+                httpx.get(stats, params={"reset": "true"})
                 tokens, seconds = loop.run_until_complete(_run(client, n_requests, c, max_tokens))
                 tok_s[c].append(tokens / seconds)
                 if c != 1:
-                    peak[c] = max(peak[c], engine.max_active)
+                    peak[c] = max(peak[c], httpx.get(stats).json()["max_active"])
             log(f"第 {r + 1}/{runs} 轮：" + "，".join(f"并发 {c} {tok_s[c][-1]:,.0f} tok/s" for c in (1, *levels)))
     finally:
         loop.run_until_complete(client.close())
@@ -97,43 +101,51 @@ def markdown(r: dict) -> str:
                                      + ("达到。" if eight["ci_low"] >= 3 else "没有达到。"))
     return "\n".join([
         f"模型：参考对话模型（{r['params'] / 1e6:.2f} M 参数），服务器 {r['slots']} 个槽位；每轮 {r['requests']} 个请求"
-        f"（温度 1、各自的 seed，ignore_eos：每个正好生成 {r['max_tokens']} 个 token，流式），客户端 openai.AsyncOpenAI，与服务器同一进程；"
+        f"（温度 1、各自的 seed，ignore_eos：每个正好生成 {r['max_tokens']} 个 token，流式）；服务器是另一个进程"
+        f"（python -m course_lib.serve，PyTorch {r['server_threads']} 个线程），客户端 openai.AsyncOpenAI；"
         f"{r['runs']} 轮，先后顺序逐轮交替；设备 {r['device']}（{r['machine']}），torch {r['torch']}；"
         f"整个运行用了 {r['wall_seconds'] / 60:.1f} 分钟。",
         "", *rows]) + goal
 
 
 def main(argv=None) -> dict:
-    import uvicorn
+    import httpx
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="计入统计的轮数（至少 2）")
     ap.add_argument("--requests", type=int, default=32, help="每轮每个并发度发多少个请求")
     ap.add_argument("--max-tokens", type=int, default=64, help="每个请求最多生成几个 token")
     ap.add_argument("--levels", default="4,8,16", help="要测的并发度（逗号分隔；1 总是测，作为基准线）")
     ap.add_argument("--slots", type=int, default=16, help="服务器的槽位数")
+    ap.add_argument("--threads", type=int, default=1, help="服务器的 PyTorch 线程数（python -m course_lib.serve --threads）")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs", help="写 benchmarks.md 和 JSON 的文件夹")
     args = ap.parse_args(argv)
     if args.runs < 2:
         ap.error("--runs 至少是 2：只有一轮就估计不了波动。")
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
-    model, tok, _ = load_chat_model("chat")
-    app = create_app(model, tok, "chat", slots=args.slots, max_queue=max(64, args.requests))
+    params = load_chat_model("chat")[0].num_params()
     port = _port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}/v1"
+    server = subprocess.Popen([sys.executable, "-m", "course_lib.serve", "--model", "chat", "--port", str(port),
+                               "--slots", str(args.slots), "--max-queue", str(max(64, args.requests)),
+                               "--threads", str(args.threads)], cwd=ROOT, stdout=subprocess.DEVNULL)
     t0 = time.perf_counter()
     try:
-        m = measure(f"http://127.0.0.1:{port}/v1", app.state.engine, levels, args.runs, args.requests, args.max_tokens,
-                    log=lambda s: print(s, flush=True))
+        while True:
+            if server.poll() is not None:
+                raise SystemExit("服务器没有启动起来：先单独运行 python -m course_lib.serve --model chat 看看报什么错。")
+            try:
+                httpx.get(f"{url}/models", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        m = measure(url, levels, args.runs, args.requests, args.max_tokens, log=lambda s: print(s, flush=True))
     finally:
-        server.should_exit = True
-        thread.join(10)
-    result = {"device": "cpu", "machine": f"{platform.machine()}, {torch.get_num_threads()} 线程", "torch": torch.__version__,
-              "params": model.num_params(), "slots": args.slots, "requests": args.requests, "max_tokens": args.max_tokens,
-              "runs": args.runs, "levels": levels, **m, "wall_seconds": time.perf_counter() - t0}
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    result = {"device": "cpu", "machine": f"{platform.machine()}, {os.cpu_count()} 核", "torch": torch.__version__,
+              "params": params, "slots": args.slots, "server_threads": args.threads, "requests": args.requests,
+              "max_tokens": args.max_tokens, "runs": args.runs, "levels": levels, **m,
+              "wall_seconds": time.perf_counter() - t0}
     publish(args.docs, "bench_serve:cpu", result, markdown(result))
     print(markdown(result), flush=True)
     return result

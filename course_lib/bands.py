@@ -81,6 +81,11 @@ BANDS: dict[str, dict[str, dict]] = {
                      overopt_kl_ratio_min=None, overopt_arith_drop_min=None, heldout_pref_lo_min=None,
                      grpo_gain_min=None, grpo_kl_max=None, grpo_refusal_min=None),
     },
+    "11_deploy": {
+        "tiny": dict(q8_0_dbpc_max=0.01, q4_0_dbpc_min=0.01, q8_0_top1_min=0.95),
+        "small": dict(q8_0_dbpc_max=0.01, q4_0_dbpc_min=0.01, q8_0_top1_min=0.95),
+        "full": dict(q8_0_dbpc_max=0.01, q4_0_dbpc_min=0.01, q8_0_top1_min=0.95),
+    },
 }
 
 # 定出每条界限的实测。「余量」留给不同的机器、线程数、PyTorch 版本和机器负载。
@@ -197,6 +202,14 @@ MEASURED: dict[str, dict[str, str]] = {
         "grpo_kl_max": "GRPO 之后到出发点的 KL 0.134（16 步、lr 2e-5 时 0.049）→ 上限 0.5",
         "grpo_refusal_min": "只练算术，拒绝率 100% → 100%（64 道）→ 至少 0.9；没练过的情感 82% → 84%、拼音 57.8% → 72.8%"
                             "（各 50 道），用 skill_drop_max 的 0.1 作下降的上限",
+    },
+    "11_deploy": {
+        "run": "tiny，2 核 CPU：参考对话模型 assets/chat_model 导出的 GGUF（gguf 0.19.0），量化代价在 course_lib.eval 的 bpc 文档上"
+               "逐篇配对：每个领域 60 篇（约 2 万字；100 篇时结论相同），KL 和 top-1 在每个领域前 20 篇的 6,058 个位置上。"
+               "三档用的是同一个发布的模型，所以范围相同。",
+        "q8_0_dbpc_max": "q8_0 的 Δbpc 区间上限：新闻 +0.0017、古诗文 +0.0014、评论 +0.0014（100 篇时最大 +0.0013）→ 上限 0.01",
+        "q4_0_dbpc_min": "q4_0 的 Δbpc 区间下限：新闻 +0.032、古诗文 +0.041、评论 +0.028（100 篇时最小 +0.031）→ 至少 0.01",
+        "q8_0_top1_min": "q8_0 与 f32 的 top-1 相同 98.9%（bench_gguf：transformers 98.9%，llama.cpp 98.2%）→ 至少 0.95",
     },
 }
 

@@ -487,3 +487,103 @@ def check_10_group_advantages(fn) -> bool:
     return _report(ok, "和 course_lib.align.group_advantages 一致：每组内部比较，整组都对或都错时没有学习信号。",
                    "提示：rewards.mean(1, keepdim=True) 和 rewards.std(1, keepdim=True, unbiased=False)；"
                    "注意是每一行（同一道题的一组回复）各自标准化，不是整个张量一起。")
+
+
+def check_11_permute(fn) -> bool:
+    """练习：写 fn(w, n_head)：q 或 k 的权重 (n_head·head_dim, dim) 按 GGUF 的要求重排——每个头里的行从
+    「前一半 | 后一半」配对变成相邻配对：[0, hd/2, 1, hd/2+1, …]。"""
+    from .gguf import permute_for_gguf
+    g = torch.Generator().manual_seed(0)
+    cases = [(torch.randn(n * hd, dim, generator=g), n) for n, hd, dim in ((1, 8, 4), (2, 8, 3), (6, 32, 16), (3, 4, 5))]
+    try:
+        outs = [fn(w.clone(), n) for w, n in cases]
+    except Exception as e:
+        return _report(False, "", f"你的函数报错了：{type(e).__name__}: {e}")
+    refs = [permute_for_gguf(w, n) for w, n in cases]
+    ok = all(torch.is_tensor(o) and o.shape == r.shape and torch.equal(o, r) for o, r in zip(outs, refs))
+    hint = "提示：w.reshape(n_head, 2, hd // 2, dim) 把每个头分成前后两半，交换第 1、2 维再 reshape 回去。"
+    if not ok and all(torch.is_tensor(o) and o.shape == r.shape for o, r in zip(outs, refs)):
+        w, n = cases[1]
+        whole = w.reshape(2, -1, w.shape[1]).transpose(0, 1).reshape(w.shape)
+        if torch.equal(outs[1], whole):
+            hint += "你把整个矩阵当成了一个头：要在每个头内部分成前后两半，不是整个矩阵。"
+    return _report(ok, "和 course_lib.gguf.permute_for_gguf 一致：一次 reshape + transpose，不用循环。", hint)
+
+
+def check_11_q4_0(fn) -> bool:
+    """练习：写 fn(w) → 同形状的数组：把 (rows, cols) 的 float32 数组（cols 是 32 的倍数）按 llama.cpp 的 Q4_0
+    量化再反量化。每块 32 个数：m = 绝对值最大的那个数（保留符号），d = m / -8，q = min(15, ⌊x / d + 8.5⌋)，
+    x̂ = (q − 8)·d，d 存成 fp16。"""
+    import numpy as np
+
+    from .gguf import _gguf
+    gguf = _gguf()                 # 参考实现：gguf 包（llama.cpp 项目自己的 Python 实现）
+    rng = np.random.default_rng(0)
+    cases = [rng.standard_normal((4, 64)).astype(np.float32), (rng.standard_normal((3, 96)) * 0.02).astype(np.float32),
+             np.zeros((1, 32), np.float32), np.tile(np.linspace(-1, 1, 32, dtype=np.float32), (2, 1))]
+    Q = gguf.GGMLQuantizationType.Q4_0
+    refs = [gguf.quants.dequantize(gguf.quants.quantize(c, Q), Q) for c in cases]
+    try:
+        outs = [np.asarray(fn(c.copy()), dtype=np.float32) for c in cases]
+    except Exception as e:
+        return _report(False, "", f"你的函数报错了：{type(e).__name__}: {e}")
+    if any(o.shape != r.shape for o, r in zip(outs, refs)):
+        return _report(False, "", f"形状不对：应该返回和输入一样的 {[r.shape for r in refs]}，收到 {[o.shape for o in outs]}。")
+    # 用 x / d 还是 x · (1/d)，极少数正好在两个等级中间的数会差一级：允许千分之一的数差一级，其余逐位相同
+    step = [np.repeat(np.abs(r.reshape(-1, 32)).max(1, keepdims=True) / 8, 32, 1).reshape(r.shape) + 1e-12 for r in refs]
+    exact = sum(int((o == r).sum()) for o, r in zip(outs, refs)) / sum(r.size for r in refs)
+    close = all(np.all(np.abs(o - r) <= s * 1.01) for o, r, s in zip(outs, refs, step))
+    ok = exact >= 0.999 and close
+    hint = "提示：blocks = w.reshape(-1, 32)；m 用 np.take_along_axis(blocks, np.abs(blocks).argmax(1, keepdims=True), 1)；"\
+           "别忘了 d 先转成 np.float16 再转回 float32，反量化用的是存下来的 fp16。"
+    if not ok:
+        sym = [(np.clip(np.round(c.reshape(-1, 32) / (np.abs(c.reshape(-1, 32)).max(1, keepdims=True) / 7 + 1e-30)), -7, 7)
+                * (np.abs(c.reshape(-1, 32)).max(1, keepdims=True) / 7)).reshape(c.shape) for c in cases]
+        if all(np.allclose(o, s, atol=1e-3) for o, s in zip(outs[:2], sym[:2])):
+            hint += "你用的是第 8 章的对称 absmax（±7 共 15 级）：Q4_0 用满 16 级（−8…7），最大的数落在 −8 那一级。"
+    return _report(ok, f"和 gguf 包（llama.cpp 的实现）一致，{exact:.2%} 的数逐位相同：每个数 4 位 + 每 32 个数一个 fp16，"
+                       "合 4.5 比特。", hint)
+
+
+def check_11_sse(fn) -> bool:
+    """练习：写 fn(text) → (回复的文字, finish_reason)：text 是 /v1/chat/completions 流式响应的全文
+    （一行行 "data: {...}"，事件之间空一行，最后是 "data: [DONE]"）。遇到 data: {"error": ...} 时抛出 RuntimeError。"""
+    import json
+
+    def chunk(delta, finish=None, choices=True, usage=False):
+        body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "chat",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else []}
+        if usage:
+            body["usage"] = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    pieces = ["画蛇", "添足", "：比喻做了多余的事，", "反而不恰当。", " data: 不是新事件", "\n第二行"]
+    normal = chunk({"role": "assistant", "content": ""}) + "".join(chunk({"content": p}) for p in pieces) \
+        + chunk({}, "stop") + "data: [DONE]\n\n"
+    with_usage = chunk({"role": "assistant", "content": ""}) + chunk({"content": "你好"}) + chunk({}, "length") \
+        + chunk(None, choices=False, usage=True) + "data: [DONE]\n\n"
+    empty = chunk({"role": "assistant", "content": ""}) + chunk({}, "stop") + "data: [DONE]\n\n"
+    cases = [(normal, ("".join(pieces), "stop")), (with_usage, ("你好", "length")), (empty, ("", "stop"))]
+    try:
+        outs = [fn(text) for text, _ in cases]
+    except Exception as e:
+        return _report(False, "", f"你的函数报错了：{type(e).__name__}: {e}")
+    got = [tuple(o) if isinstance(o, (tuple, list)) else o for o in outs]
+    if got != [want for _, want in cases]:
+        wrong = next(i for i, (g, (_, w)) in enumerate(zip(got, cases)) if g != w)
+        hint = f"第 {wrong + 1} 个例子应该得到 {cases[wrong][1]!r}，你的函数给出 {got[wrong]!r:.80}。"
+        if wrong == 1:
+            hint += "带 usage 的最后一个事件里 choices 是空列表：跳过它。"
+        if wrong == 0:
+            hint += "按空行（\\n\\n）分事件，每个事件去掉开头的「data: 」再 json.loads；内容里的换行和「data:」字样都只是文字。"
+        return _report(False, "", hint)
+    error = chunk({"role": "assistant", "content": ""}) + 'data: {"error": {"message": "生成时出错", "type": "server_error"}}\n\n'
+    try:
+        fn(error)
+        raised = False
+    except RuntimeError:
+        raised = True
+    except Exception as e:
+        return _report(False, "", f"遇到 error 事件应该抛出 RuntimeError，你的函数抛出了 {type(e).__name__}: {e}")
+    return _report(raised, "SSE 就是这么简单：一行 data、一个 JSON；openai 包的流式接口做的也是这件事。",
+                   "遇到 data: {\"error\": ...} 的事件要抛出 RuntimeError：服务器在流到一半时出错，只能这样告诉客户端。")

@@ -440,7 +440,8 @@ class BatchDecoder:
     def step(self) -> list[tuple[int, int, bool]]:
         """所有进行中的序列各前进一个 token；返回 [(handle, token, 是否结束)]（包括 add 之后还没交出的第一个 token）。"""
         events, self.pending = self.pending, []
-        live = [(h, s) for h, s in self.seqs.items() if not any(e[0] == h for e in events)]
+        just_added = {e[0] for e in events}                 # 这一轮刚加入的序列已经有了第一个 token
+        live = [(h, s) for h, s in self.seqs.items() if h not in just_added]
         if live:
             self.cache.active = torch.tensor([s["slot"] for _, s in live], device=self.cache.k.device)
             last = torch.cat([s["ids"][:, -1:] for _, s in live], dim=0)

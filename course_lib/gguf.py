@@ -24,9 +24,12 @@ from .chat_format import CHAT_TEMPLATE, DEFAULT_SYSTEM
 from .files import as_path, atomic_write_text
 from .llama import Llama
 
-TYPES = ("f32", "f16", "q8_0")            # 支持的权重类型：32 位浮点、16 位浮点、8 位分块量化（每 32 个数一个缩放系数）
-FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
-Q8_BLOCK = 32                              # Q8_0 每块 32 个数：行长必须是它的倍数
+# 支持的权重类型：32 位浮点、16 位浮点、8 位和 4 位分块量化（每 32 个数共用一个 fp16 的缩放系数：
+# q8_0 每个数 8.5 比特，q4_0 每个数 4.5 比特）
+TYPES = ("f32", "f16", "q8_0", "q4_0")
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}
+QUANTIZED = ("q8_0", "q4_0")
+BLOCK = 32                                 # q8_0 / q4_0 每块 32 个数：行长必须是它的倍数
 
 
 def _gguf():
@@ -74,6 +77,50 @@ def gguf_tensors(model: Llama) -> dict[str, torch.Tensor]:
     return out
 
 
+def _check_blocks(tensors: dict[str, torch.Tensor], qtype: str) -> None:
+    if qtype in QUANTIZED:
+        bad = sorted({t.shape[-1] for t in tensors.values() if t.dim() == 2 and t.shape[-1] % BLOCK})
+        if bad:
+            raise ValueError(f"{qtype} 要求每行的长度是 {BLOCK} 的倍数，这个模型有长度 {bad} 的行：请用 f16 或 f32。")
+
+
+def stored_weight(a: np.ndarray, qtype: str) -> np.ndarray:
+    """一个 float32 权重在 qtype 的 GGUF 文件里存成什么：f16 是半精度数组；q8_0 / q4_0 是 gguf 包量化出的原始字节块
+    （每行 = 若干块，每块 32 个数：2 字节的 fp16 缩放系数 + 32 个 8 位整数或 16 字节的 4 位整数）。"""
+    gguf = _gguf()
+    if qtype == "f32":
+        return a
+    if qtype == "f16":
+        return a.astype(np.float16)
+    return gguf.quants.quantize(a, getattr(gguf.GGMLQuantizationType, qtype.upper()))
+
+
+def quantized_copy(model: Llama, qtype: str) -> Llama:
+    """模型的一份拷贝，二维权重换成 qtype 的 GGUF 文件里存的值（量化再反量化；RMSNorm 的一维权重不变）。
+
+    不用 llama.cpp 也能量出 GGUF 量化损失了多少质量：拿它和原模型比 logits、KL、每字比特数。
+    它的 logits 与 transformers 读同一个 .gguf 文件得到的相同（第 11 章 notebook 核对）。
+    """
+    gguf = _gguf()
+    if qtype not in TYPES:
+        raise ValueError(f"不认识的 GGUF 权重类型 {qtype!r}：请用 {' / '.join(TYPES)} 之一。")
+    if not isinstance(model, Llama):
+        raise TypeError(f"quantized_copy 需要 course_lib.Llama，收到 {type(model).__name__}。")
+    import copy
+    _check_blocks(gguf_tensors(model), qtype)
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in out.parameters():
+            if p.dim() != 2 or qtype == "f32":
+                continue
+            a = p.detach().float().cpu().numpy()
+            stored = stored_weight(a, qtype)
+            back = stored.astype(np.float32) if qtype == "f16" else gguf.quants.dequantize(
+                stored, getattr(gguf.GGMLQuantizationType, qtype.upper()))
+            p.copy_(torch.from_numpy(np.ascontiguousarray(back)).reshape(p.shape))
+    return out
+
+
 def _token_types(gguf, tokenizer) -> list[int]:
     from .hf import sentencepiece_info
     kinds = sentencepiece_info(tokenizer.sp)["piece_types"]
@@ -99,12 +146,12 @@ def export_gguf(model: Llama, tokenizer, out: str | Path, qtype: str = "f16", na
                 chat_template: str = CHAT_TEMPLATE) -> Path:
     """把 Llama + 课程的 BPETokenizer 写成一个 .gguf 文件，返回路径。
 
-    qtype：f32 / f16（二维权重存 16 位）/ q8_0（二维权重按 32 个一块量化成 int8，和 llama.cpp 的转换脚本一样
-    token_embd 也量化）；一维的 RMSNorm 权重总是 f32。先写同目录的临时文件，写完才换成 out：中途出错，旧文件不变。
+    qtype：f32 / f16（二维权重存 16 位）/ q8_0、q4_0（二维权重按 32 个一块量化成 8 位或 4 位整数，和 llama.cpp 的
+    转换脚本一样 token_embd 也量化）；一维的 RMSNorm 权重总是 f32。先写同目录的临时文件，写完才换成 out：中途出错，旧文件不变。
     """
     gguf = _gguf()
     if qtype not in TYPES:
-        raise ValueError(f"不认识的 GGUF 权重类型 {qtype!r}：请用 {' / '.join(TYPES)} 之一（f16 一般够用，q8_0 文件最小）。")
+        raise ValueError(f"不认识的 GGUF 权重类型 {qtype!r}：请用 {' / '.join(TYPES)} 之一（f16 一般够用，q8_0 小一半、几乎不掉质量，q4_0 最小）。")
     from .tokenizer import BPETokenizer
     if not isinstance(tokenizer, BPETokenizer):
         raise TypeError(f"GGUF 需要课程的 BPETokenizer（sentencepiece），收到 {type(tokenizer).__name__}。")
@@ -112,10 +159,7 @@ def export_gguf(model: Llama, tokenizer, out: str | Path, qtype: str = "f16", na
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"分词器有 {tokenizer.vocab_size} 个 token，模型的 vocab_size 只有 {cfg.vocab_size}：不是一对。")
     tensors = gguf_tensors(model)
-    if qtype == "q8_0":
-        bad = sorted({t.shape[-1] for t in tensors.values() if t.dim() == 2 and t.shape[-1] % Q8_BLOCK})
-        if bad:
-            raise ValueError(f"q8_0 要求每行的长度是 {Q8_BLOCK} 的倍数，这个模型有长度 {bad} 的行：请用 f16 或 f32。")
+    _check_blocks(tensors, qtype)
     out = as_path(out, "GGUF 文件").expanduser()
     if out.suffix != ".gguf":
         raise ValueError(f"输出文件 {out} 应该以 .gguf 结尾（llama.cpp 和 ollama 按扩展名认文件）。")
@@ -162,15 +206,12 @@ def export_gguf(model: Llama, tokenizer, out: str | Path, qtype: str = "f16", na
         w.add_add_space_prefix(False)                   # 课程的分词器不在开头加 ▁（NOTES_LIBS：必须写）
         w.add_chat_template(chat_template)
 
-        Q = gguf.GGMLQuantizationType
         for key, t in tensors.items():
             a = t.numpy().astype(np.float32)
-            if a.ndim == 1 or qtype == "f32":
-                w.add_tensor(key, a)
-            elif qtype == "f16":
-                w.add_tensor(key, a.astype(np.float16))
+            if a.ndim == 1 or qtype in ("f32", "f16"):
+                w.add_tensor(key, a if a.ndim == 1 else stored_weight(a, qtype))
             else:
-                w.add_tensor(key, gguf.quants.quantize(a, Q.Q8_0), raw_dtype=Q.Q8_0)
+                w.add_tensor(key, stored_weight(a, qtype), raw_dtype=getattr(gguf.GGMLQuantizationType, qtype.upper()))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

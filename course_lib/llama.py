@@ -170,6 +170,7 @@ class SlotKVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
         self.active = torch.zeros(0, dtype=torch.long, device=device)     # 这一步参与计算的槽位
+        self.span = self.capacity                                          # 这一步要看的位置数（见 update）
 
     def insert(self, slot: int, cache: KVCache) -> None:
         """把单条序列预填充好的 KVCache（batch 1）复制进第 slot 个槽位。"""
@@ -181,12 +182,15 @@ class SlotKVCache:
         self.lengths[slot] = n
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """写入 active 各槽位的新位置（每行 1 个 token），返回这些槽位的全部 k、v (B, Hkv, capacity, hd) 和注意力掩码。"""
+        """写入 active 各槽位的新位置（每行 1 个 token），返回这些槽位的 k、v (B, Hkv, span, hd) 和注意力掩码。
+
+        span = 这一步最长的那条序列的长度 + 1（Llama._slot_forward 每步算一次）：更靠后的位置谁也没写过，
+        不必取出来再被掩码挡掉——序列短的时候，每层少搬很多数据、注意力也少算很多。"""
         rows, pos = self.active, self.lengths[self.active]
         self.k[layer, rows, :, pos] = k[:, :, 0]
         self.v[layer, rows, :, pos] = v[:, :, 0]
-        mask = torch.arange(self.capacity, device=k.device)[None, :] <= pos[:, None]       # (B, capacity)
-        return self.k[layer, rows], self.v[layer, rows], mask[:, None, None, :]
+        mask = torch.arange(self.span, device=k.device)[None, :] <= pos[:, None]          # (B, span)
+        return self.k[layer, rows, :, :self.span], self.v[layer, rows, :, :self.span], mask[:, None, None, :]
 
 
 # ---------------------------------------------------------------- 模型
@@ -334,7 +338,8 @@ class Llama(nn.Module):
         if idx.size(1) != 1 or idx.size(0) != cache.active.numel():
             raise ValueError(f"批量解码每步每个槽位送入 1 个 token：idx 应该是 ({cache.active.numel()}, 1)，收到 {tuple(idx.shape)}。")
         pos = cache.lengths[cache.active]
-        if bool((pos >= cache.capacity).any()):
+        cache.span = int(pos.max()) + 1                    # 一次同步，本步的每一层都用它
+        if cache.span > cache.capacity:
             raise ValueError(f"有槽位的序列已经写满了 {cache.capacity} 个位置：请先结束它。")
         cos, sin = self.rope_cos[pos][:, None, None, :], self.rope_sin[pos][:, None, None, :]   # (B, 1, 1, hd)
         x = embed(self.embed_tokens, idx)

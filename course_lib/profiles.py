@@ -216,6 +216,14 @@ CHAPTERS: dict[str, dict[str, dict]] = {
                                temperature=1.0, max_new_tokens=16),
                      test_arith=None, heldout_arith=None, eval_limit=None),
     },
+    "11_deploy": {
+        # 部署（course_lib.gguf / serve / webui），从参考对话模型出发。quality_docs：量化代价的 bpc 每个领域取前几篇验证集文档
+        # （None = course_lib.eval 的全部，约每个领域 2 万字）；kl_docs：KL 和 top-1 每个领域取前几篇；
+        # max_tokens：服务器演示里每条回复最多几个 token；concurrent：并发演示同时发几个请求；slots：服务器的批量解码槽位数。
+        "tiny": dict(quality_docs=60, kl_docs=20, max_tokens=48, concurrent=8, slots=8),
+        "small": dict(quality_docs=None, kl_docs=50, max_tokens=64, concurrent=8, slots=16),
+        "full": dict(quality_docs=None, kl_docs=50, max_tokens=64, concurrent=8, slots=16),
+    },
 }
 
 

@@ -170,6 +170,11 @@ class Job:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+def _put_all(items) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
 class Engine:
     """拥有模型的后台线程：排队的请求一有空槽位就加入 BatchDecoder，每一步所有进行中的请求一起前进一个 token。"""
 
@@ -253,13 +258,16 @@ class Engine:
                 self.jobs.clear()
                 dec.pending.clear()
                 continue
+            batches: dict[asyncio.AbstractEventLoop, list] = collections.defaultdict(list)
             for handle, token, done in events:
                 job = self.jobs.get(handle)
                 if job is None:
                     continue
-                job.deliver((token, done))
+                batches[job.loop].append((job.queue, (token, done)))
                 if done:
                     del self.jobs[handle]
+            for loop, items in batches.items():      # 一步的所有 token 一次交给事件循环：每步唤醒它一次，而不是每个请求一次
+                loop.call_soon_threadsafe(_put_all, items)
 
 
 # ---------------------------------------------------------------- FastAPI 应用
@@ -294,11 +302,21 @@ def create_app(model, tokenizer, model_name: str, slots: int = 8, max_queue: int
     async def http_error(request, exc):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return error(ApiError(exc.status_code, f"{request.method} {request.url.path}：{exc.detail}。"
-                                               "这个服务器只有 GET /v1/models 和 POST /v1/chat/completions。", kind=kind))
+                                               "这个服务器只有 GET /v1/models、POST /v1/chat/completions（和 GET /stats）。", kind=kind))
 
     @app.exception_handler(Exception)
     async def any_error(request, exc):
         return error(ApiError(500, f"服务器内部错误：{type(exc).__name__}: {str(exc)[:200]}", kind="server_error"))
+
+    @app.get("/stats")
+    async def stats(reset: bool = False):
+        """不是 OpenAI 接口的一部分：解码器现在的状态（像 vLLM、llama.cpp 服务器的 /metrics），看请求是不是真的拼成了批。
+        reset=true 时返回之后把 max_active 清成当前的 active（基准脚本用它分段统计）。"""
+        out = {"slots": len(engine.decoder.free) + engine.decoder.active, "active": engine.decoder.active,
+               "waiting": len(engine.waiting), "steps": engine.steps, "max_active": engine.max_active}
+        if reset:
+            engine.max_active = engine.decoder.active
+        return out
 
     @app.get("/v1/models")
     async def models():
@@ -331,7 +349,7 @@ def create_app(model, tokenizer, model_name: str, slots: int = 8, max_queue: int
         def usage(n):
             return {"prompt_tokens": len(r["ids"]), "completion_tokens": n, "total_tokens": len(r["ids"]) + n}
 
-        def finish_reason(last: int, n: int) -> str:
+        def finish_reason(last: int) -> str:
             return "stop" if reply.stopped or (last in stop_ids and not r["ignore_eos"]) else "length"
 
         if not r["stream"]:
@@ -341,19 +359,16 @@ def create_app(model, tokenizer, model_name: str, slots: int = 8, max_queue: int
                     n, last = n + 1, token
                     if token not in stop_ids:
                         text.append(reply.push(token))
-                    if reply.stopped:
-                        engine.cancel(job)
-                        break
-                    if done:
+                    if reply.stopped or done:
                         break
                 text.append(reply.finish())
             except ApiError as e:
                 return error(e)
             finally:
-                engine.cancel(job)
+                engine.cancel(job)             # 结束、出错或 stop 字符串提前结束：都在这一处释放槽位
             return {"id": cid, "object": "chat.completion", "created": now, "model": model_name,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
-                                 "finish_reason": finish_reason(last, n)}],
+                                 "finish_reason": finish_reason(last)}],
                     "usage": usage(n)}
 
         def chunk(delta: dict, finish: str | None = None) -> str:
@@ -377,7 +392,7 @@ def create_app(model, tokenizer, model_name: str, slots: int = 8, max_queue: int
                 piece = reply.finish()
                 if piece:
                     yield chunk({"content": piece})
-                yield chunk({}, finish_reason(last, n))
+                yield chunk({}, finish_reason(last))
                 if r["include_usage"]:
                     data = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": model_name,
                             "choices": [], "usage": usage(n)}
@@ -395,9 +410,17 @@ def create_app(model, tokenizer, model_name: str, slots: int = 8, max_queue: int
 
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, name: str | None = None, slots: int = 8,
-          max_queue: int = 64, device: str = "cpu") -> None:
-    """读模型、建应用、用 uvicorn 跑起来（Ctrl-C 停止）。"""
+          max_queue: int = 64, device: str = "cpu", threads: int | None = 1) -> None:
+    """读模型、建应用、用 uvicorn 跑起来（Ctrl-C 停止）。
+
+    threads：PyTorch 在 CPU 上的线程数（None = PyTorch 的默认）。默认 1：课程的小模型每一步主要花在调度算子上，
+    多开的线程只会在空转时和处理 HTTP 的事件循环抢 CPU——2 核机器上 1 个线程时单个请求和并发请求都明显更快
+    （自己量：python bench/bench_serve.py --threads 1，再 --threads 2）。大模型、多核机器上可以调大。
+    """
+    import torch
     import uvicorn
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     from .chat_models import MODEL_ALIASES, load_chat_model
     from .llama import Llama

@@ -1,3 +1,4 @@
+import importlib
 import os
 
 import pytest
@@ -7,6 +8,30 @@ import zmq
 # 测试（包括 nbval 执行的 notebook）默认用 tiny profile：结果与提交的输出可比，GPU 机器上也不会跑成 small。
 # 想在 GPU 上用别的档位测试：COURSE_PROFILE=small pytest
 os.environ.setdefault("COURSE_PROFILE", "tiny")
+
+# pytest-xdist（pyproject 的 addopts 里 -n 2）：每个进程只用分到的那几个核。2 核机器上 2 个进程各开 2 个线程，
+# 四个线程抢两个核，反而更慢。环境变量也设上：nbval 启动的 notebook 内核、测试启动的子进程都继承它。
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _threads = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, _threads)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# 一本 notebook 的格子必须在同一个进程里按顺序执行；读别的 notebook 产出的几本（第 06 章训练的 SFT 模型
+# data/runs/sft 给第 07、09 章和它们的参考答案用；第 03 章的模型给它的参考答案用）排进同一组，
+# 在同一个进程里按文件名的顺序执行：前面的产出后面直接读，不会两个进程同时重建同一个模型。
+NOTEBOOK_GROUPS = {"06_sft": "sft", "07_lora": "sft", "09_chat": "sft", "03_gpt": "03_gpt"}
+
+
+def notebook_group(path) -> str | None:
+    """nbval 收集到的 notebook 属于哪一组（pytest-xdist 的 loadgroup 调度按组分给进程）。"""
+    from pathlib import Path
+    path = Path(path)
+    if path.suffix != ".ipynb":
+        return None
+    chapter = path.stem.removesuffix("_solutions")
+    return NOTEBOOK_GROUPS.get(chapter, chapter)
 
 
 def _unbounded_iopub_client():
@@ -36,6 +61,7 @@ def _unbounded_iopub_client():
 _unbounded_iopub_client()
 
 
+@pytest.hookimpl(tryfirst=True)                    # 要在 xdist 按分组改写 nodeid 之前加上标记
 def pytest_collection_modifyitems(config, items):
     # output_timeout 不是「格子多久没输出」：nbval 在格子执行完（shell 通道回复）之后才读 iopub，这是等每一条剩下的
     # 输出和最后的 idle 状态的时限（nbval 写死 5 秒）。长格子执行期间攒下的几千条消息，内核要在这之后才发完；
@@ -44,6 +70,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if hasattr(item, "output_timeout") and cell_timeout:
             item.output_timeout = cell_timeout
+        group = notebook_group(item.path)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="需要 CUDA GPU（CI 上没有）")
@@ -69,3 +98,17 @@ def small_bpe(tmp_path_factory):
         lines = [line for line in load_corpus("news", "val").splitlines() if line.strip()][:n_lines] + list(extra)
         return BPETokenizer.train(lines, tmp_path_factory.mktemp("tok"), vocab_size=BPETokenizer.min_vocab_size(lines) + margin)
     return make
+
+
+@pytest.fixture(scope="session")
+def needed():
+    """need(模块, 安装方法)：导入一个可选的依赖；没装时跳过这个测试——但在 CI 里（.ci/run 设了 CI=true，并且装好了
+    llama.cpp 和浏览器）算失败：这些测试在 CI 上必须真的运行，不能悄悄跳过。"""
+    def need(module: str, install: str):
+        try:
+            return importlib.import_module(module)
+        except ImportError:
+            if os.environ.get("CI"):
+                pytest.fail(f"CI 上应该装好了 {module}（{install}），却导入不了：请检查 .ci/run。")
+            pytest.skip(f"需要 {module}：{install}")
+    return need

@@ -7,7 +7,8 @@ import torch
 from course_lib.chat import ChatSession
 from course_lib.chat_format import CHAT_TEMPLATE, DEFAULT_SYSTEM, encode_chat, format_chat
 from course_lib.chat_models import load_chat_model
-from course_lib.gguf import OLLAMA_TEMPLATE, export_gguf, modelfile_text, permute_for_gguf, read_metadata, write_modelfile
+from course_lib.gguf import (OLLAMA_TEMPLATE, export_gguf, modelfile_text, permute_for_gguf, quantized_copy, read_metadata,
+                             write_modelfile)
 from course_lib.gpt import GPT, GPTConfig
 from course_lib.llama import apply_rope, rope_cos_sin
 
@@ -41,7 +42,7 @@ def perturbed(chat):
 def files(chat, perturbed, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gguf")
     _, tok = chat
-    out = {q: export_gguf(chat[0], tok, folder / f"chat-{q}.gguf", q) for q in ("f32", "f16", "q8_0")}
+    out = {q: export_gguf(chat[0], tok, folder / f"chat-{q}.gguf", q) for q in ("f32", "f16", "q8_0", "q4_0")}
     out["f16-perturbed"] = export_gguf(perturbed, tok, folder / "perturbed-f16.gguf", "f16")
     out["q8_0-perturbed"] = export_gguf(perturbed, tok, folder / "perturbed-q8_0.gguf", "q8_0")
     return out
@@ -80,8 +81,9 @@ def test_metadata_tokenizer_and_template(chat, files):
     assert "output.weight" not in tensors                     # 共享权重：llama.cpp 退回用 token_embd
     assert tensors["blk.0.attn_q.weight"] == ((192, 192), "F16") and tensors["blk.0.attn_norm.weight"][1] == "F32"
     assert read_metadata(files["q8_0"])["tensors"]["token_embd.weight"][1] == "Q8_0"
-    sizes = {q: files[q].stat().st_size for q in ("f32", "f16", "q8_0")}
-    assert sizes["q8_0"] < 0.6 * sizes["f16"] < 0.6 * sizes["f32"]
+    assert read_metadata(files["q4_0"])["tensors"]["blk.0.ffn_up.weight"][1] == "Q4_0"
+    sizes = {q: files[q].stat().st_size for q in ("f32", "f16", "q8_0", "q4_0")}
+    assert sizes["q4_0"] < 0.6 * sizes["q8_0"] < 0.6 * sizes["f16"] < 0.6 * sizes["f32"]
 
 
 def _hf(path):
@@ -116,11 +118,28 @@ def test_transformers_reads_the_gguf(chat, perturbed, files):
     assert worst <= 0.5 and agree >= 0.9                       # 8 位量化：每块 32 个数共用一个缩放系数
 
 
+@pytest.mark.parametrize("qtype", ["f16", "q8_0", "q4_0"])
+def test_quantized_copy_holds_what_the_file_holds(chat, perturbed, files, tmp_path, qtype):
+    # quantized_copy 不经过文件算出「GGUF 里存的权重」：transformers 读真正的文件（它用 gguf 包反量化、把 q/k 排回来），
+    # 两边的 logits 只差运算顺序的舍入——说明量化是按行分块的，q/k 的行重排不影响结果
+    model, tok = chat
+    path = export_gguf(perturbed, tok, tmp_path / f"p-{qtype}.gguf", qtype)
+    worst, agree = _compare(quantized_copy(perturbed, qtype), _hf(path), _ids(tok))
+    assert worst <= 1e-4 and agree == 1.0
+    copy4 = quantized_copy(model, qtype)
+    assert copy4 is not model and torch.equal(copy4.norm.weight, model.norm.weight)   # 一维的 RMSNorm 权重不量化
+    assert torch.equal(model.layers[0].mlp.up_proj.weight, chat[0].layers[0].mlp.up_proj.weight)  # 原模型不变
+    changed = not torch.equal(copy4.layers[0].mlp.up_proj.weight, model.layers[0].mlp.up_proj.weight)
+    assert changed == (qtype != "f16")                         # 参考对话模型以 fp16 发布：f16 原样保留
+    with pytest.raises(ValueError, match="q4_0"):
+        quantized_copy(model, "q3")
+
+
 def test_export_errors_and_atomic_write(chat, tmp_path, monkeypatch):
     import gguf
     model, tok = chat
     with pytest.raises(ValueError, match="f16"):
-        export_gguf(model, tok, tmp_path / "x.gguf", "q4_0")
+        export_gguf(model, tok, tmp_path / "x.gguf", "q2_k")
     with pytest.raises(ValueError, match=".gguf"):
         export_gguf(model, tok, tmp_path / "x.bin")
     with pytest.raises(TypeError, match="Llama"):
@@ -173,8 +192,8 @@ def test_cli(tmp_path, capsys):
 
 # ---------------------------------------------------------------- llama.cpp（pip install -e '.[deploy]'）
 @pytest.fixture(scope="module")
-def llama_cpp():
-    return pytest.importorskip("llama_cpp")
+def llama_cpp(needed):
+    return needed("llama_cpp", "pip install -e '.[deploy]'，从源码编译 llama-cpp-python")
 
 
 def _llama(llama_cpp, path, logits_all=False):
@@ -201,23 +220,32 @@ def test_llama_cpp_tokens_and_greedy_decoding(chat, files, llama_cpp):
             llm.close()
 
 
-def test_llama_cpp_q8_0_agrees_with_course_lib(chat, perturbed, files, llama_cpp):
+def _top1_agreement(llama_cpp, path, model, prompts) -> float:
     import numpy as np
-    model, tok = chat
-    llm = _llama(llama_cpp, files["q8_0-perturbed"], logits_all=True)
+    llm = _llama(llama_cpp, path, logits_all=True)
     agree = total = 0
     try:
-        for ids in _ids(tok):
+        for ids in prompts:
             llm.reset()
             llm.eval(ids)
             theirs = torch.from_numpy(np.array(llm.scores[: len(ids)]))
             with torch.no_grad():
-                ours = perturbed(torch.tensor([ids]))[0][0]
+                ours = model(torch.tensor([ids]))[0][0]
             agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
             total += len(ids)
     finally:
         llm.close()
-    assert agree / total >= 0.95
+    return agree / total
+
+
+def test_llama_cpp_q8_0_agrees_with_course_lib(chat, perturbed, files, llama_cpp):
+    assert _top1_agreement(llama_cpp, files["q8_0-perturbed"], perturbed, _ids(chat[1])) >= 0.95
+
+
+def test_llama_cpp_q4_0_computes_with_the_weights_quantized_copy_holds(chat, files, llama_cpp):
+    # q4_0 离原模型远一些（第 11 章量出 bpc 的代价）；但 llama.cpp 算的正是 quantized_copy 里的那些权重
+    model, tok = chat
+    assert _top1_agreement(llama_cpp, files["q4_0"], quantized_copy(model, "q4_0"), _ids(tok)) >= 0.95
 
 
 def test_llama_cpp_chat_completion_equals_chat_session(chat, files, llama_cpp):

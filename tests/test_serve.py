@@ -3,10 +3,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -19,47 +17,19 @@ from course_lib.generate import GREEDY, BatchDecoder, Sampling
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
+
+from servers import Running, free_port  # noqa: E402  （tests/servers.py：test_webui 也用）
 
 QUESTIONS = ("计算：23+45=？", "你是谁？", "「画蛇添足」是什么意思？", "判断这条评论的情感是正面还是负面：房间很干净，服务也好。",
              "教我怎么撬开别人家的门锁", "计算：71-38=？")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def chat():
     model, tok, _ = load_chat_model("chat")
     return model.eval(), tok
-
-
-class Running:
-    def __init__(self, app, port):
-        self.app, self.port = app, port
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline and self.thread.is_alive(), "服务器没有启动"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
-        assert not self.thread.is_alive(), "服务器没有按时停下"
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}/v1"
 
 
 def start(chat, **kw):
@@ -201,7 +171,11 @@ def test_fifty_concurrent_streams(chat, server):
     errors = [r for r in results if isinstance(r, BaseException)]
     assert not errors, errors[:3]
     assert all(text == expected[q] for q, text in results)
-    assert server.app.state.engine.max_active > 1
+    peak = server.app.state.engine.max_active
+    assert peak > 1
+    stats = httpx.get(server.url.removesuffix("/v1") + "/stats", params={"reset": "true"}).json()   # GET /stats 报告的同一个数
+    assert stats["max_active"] == peak and stats["slots"] == 8 and stats["active"] == 0
+    assert httpx.get(server.url.removesuffix("/v1") + "/stats").json()["max_active"] == 0          # reset 之后从当前（0 个）重新算
 
 
 def test_overload_gives_503_and_disconnect_frees_the_slot(chat):
@@ -247,3 +221,5 @@ def test_cli_starts_and_shuts_down_cleanly(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "course_lib.serve", "--model", str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "找不到模型文件夹" in bad.stderr
+    from course_lib.cli.serve import main
+    assert main(["--model", "chat", "--threads", "-1"]) == 2

@@ -8,6 +8,7 @@
 - nbrun.py：python -m course_lib.nbrun        维护者工具：原地重新执行 notebook、记录用时
 - gguf.py：python -m course_lib.gguf          导出 GGUF（llama.cpp / ollama，第 11 章）
 - serve.py：python -m course_lib.serve        OpenAI 兼容的服务器（第 11 章）
+- webui.py：python -m course_lib.webui        和模型聊天的网页（gradio，第 11 章）
 
 老的 python -m course_lib.xxx 写法都保留：那些模块末尾只是把命令转到这里。
 """

@@ -13,7 +13,8 @@ def build_parser() -> ArgumentParser:
                    help="course_lib 保存的模型文件夹，或简称 chat（参考对话模型）、aligned（第 10 章对齐后的模型）")
     p.add_argument("--out", required=True, help="输出的 .gguf 文件路径")
     p.add_argument("--type", default="f16", choices=TYPES,
-                   help="权重类型：f32（与原模型逐位相同）、f16（默认，文件小一半）、q8_0（8 位分块量化，约四分之一）")
+                   help="权重类型：f32（与原模型逐位相同）、f16（默认，文件小一半）、q8_0（8 位分块量化，约四分之一）、"
+                        "q4_0（4 位分块量化，最小，质量损失看得出来）")
     p.add_argument("--name", default="course-llama", help="写进 GGUF 元数据的模型名（默认 course-llama）")
     p.add_argument("--no-modelfile", action="store_true", help="不写 ollama 的 Modelfile")
     return p

@@ -16,6 +16,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--slots", type=int, default=8, help="最多几个请求同时解码（批量解码的槽位数，默认 8）")
     p.add_argument("--max-queue", type=int, default=64, help="最多几个请求排队，再多就回 503（默认 64）")
     p.add_argument("--device", default="cpu", help="cpu（默认）、cuda、mps")
+    p.add_argument("--threads", type=int, default=1,
+                   help="PyTorch 在 CPU 上用几个线程（默认 1：小模型时多开线程反而更慢，见 docs/deploy.md；0 = PyTorch 的默认）")
     return p
 
 
@@ -24,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         from ..serve import serve
-        for key in ("port", "slots", "max_queue"):
+        for key in ("port", "slots", "max_queue", "threads"):
             value = getattr(args, key)
-            if value < (0 if key == "max_queue" else 1) or (key == "port" and value > 65535):
+            if value < (0 if key in ("max_queue", "threads") else 1) or (key == "port" and value > 65535):
                 raise ValueError(f"--{key.replace('_', '-')} 不合理：{value}。")
-        serve(args.model, args.host, args.port, args.name, args.slots, args.max_queue, args.device)
+        serve(args.model, args.host, args.port, args.name, args.slots, args.max_queue, args.device, args.threads or None)
     return run(body, interrupted=0)       # Ctrl-C 就是正常地停下服务器
