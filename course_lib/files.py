@@ -169,6 +169,37 @@ def _swap_in(new: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+_HELD_LOCKS: set[Path] = set()     # 这个进程已经拿到的锁：同一进程里嵌套的 with file_lock(同一路径) 直接通过
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike):
+    """同一台机器上进程之间的互斥锁：with file_lock(文件夹): 检查、训练、保存……
+
+    锁是旁边的 .名字.lock 文件上的 fcntl.flock（进程退出时自动释放，崩溃也不会留下死锁）。用途：几个进程
+    （例如并行执行的 notebook 测试）可能同时发现 data/runs/sft 缺了、同时训练并写入同一个文件夹——加锁之后一个一个来，
+    后来的直接读到前一个写好的。没有 fcntl 的系统（Windows）上不加锁。同一进程里可以嵌套。
+    """
+    path = Path(path).resolve()
+    if path in _HELD_LOCKS:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows：课程在那里一次只跑一个 notebook，不需要
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        _HELD_LOCKS.add(path)
+        try:
+            yield
+        finally:
+            _HELD_LOCKS.discard(path)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike, keep=None):
     """整个文件夹的原子替换：yield 一个与 path 同级的临时文件夹，往里写；with 块正常结束后，它整个换成 path。

@@ -28,7 +28,7 @@ import torch
 from .chat_format import IM_START, check_chat_tokenizer, check_trainable, encode_chat, sanitize
 from .checks import check_int, check_module
 from .distributed import dist_info
-from .files import read_json
+from .files import file_lock, read_json
 from .losses import batch_losses, weighted_mean
 from .paths import runs_dir
 from .train import History, TrainConfig, Trainer
@@ -335,8 +335,9 @@ def save_sft_model(model, tokenizer, folder: str | Path | None = None, extra: di
     """用 course_lib 的格式保存微调后的模型和分词器（checkpoint.save_model + tokenizer.save）。"""
     from .checkpoint import save_model
     folder = Path(folder) if folder is not None else sft_model_dir()
-    save_model(model, folder, extra={"sft": extra or {}, "base_sha256": _base_fingerprint()})
-    tokenizer.save(folder)
+    with file_lock(folder):             # 别的进程读到的要么是旧的一对，要么是新的一对（模型 + 分词器）
+        save_model(model, folder, extra={"sft": extra or {}, "base_sha256": _base_fingerprint()})
+        tokenizer.save(folder)
     return folder
 
 
@@ -369,12 +370,15 @@ def load_sft_model(device: str = "cpu", rebuild: bool = True):
     chapter_config("06_sft") 不同，rebuild=True 时用
     build_sft_model() 现场重新训练并保存（tiny 档约 1–2 分钟），所以第 07–09 章可以单独运行。
     """
-    from .checkpoint import load_model
-    from .tokenizer import BPETokenizer
-
-    from .profiles import chapter_config
-
     folder = sft_model_dir()
+    with file_lock(folder):   # 几个进程同时缺这个模型时（并行的 notebook 测试），只有一个在训练，其余等它写好再读
+        return _load_or_build_sft(folder, device, rebuild)
+
+
+def _load_or_build_sft(folder: Path, device, rebuild: bool):
+    from .checkpoint import load_model
+    from .profiles import chapter_config
+    from .tokenizer import BPETokenizer
     fresh = False
     if (folder / "model.safetensors").exists() and (folder / BPETokenizer.META_FILE).exists():
         meta = read_json(folder / "config.json", "SFT 模型的配置", f"删掉 {folder}，load_sft_model() 会重新训练一个。")

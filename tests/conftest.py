@@ -18,21 +18,6 @@ if _WORKERS > 1:
         os.environ.setdefault(_name, _threads)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-# 一本 notebook 的格子必须在同一个进程里按顺序执行；读别的 notebook 产出的几本（第 06 章训练的 SFT 模型
-# data/runs/sft 给第 07、09 章和它们的参考答案用；第 03 章的模型给它的参考答案用）排进同一组，
-# 在同一个进程里按文件名的顺序执行：前面的产出后面直接读，不会两个进程同时重建同一个模型。
-NOTEBOOK_GROUPS = {"06_sft": "sft", "07_lora": "sft", "09_chat": "sft", "03_gpt": "03_gpt"}
-
-
-def notebook_group(path) -> str | None:
-    """nbval 收集到的 notebook 属于哪一组（pytest-xdist 的 loadgroup 调度按组分给进程）。"""
-    from pathlib import Path
-    path = Path(path)
-    if path.suffix != ".ipynb":
-        return None
-    chapter = path.stem.removesuffix("_solutions")
-    return NOTEBOOK_GROUPS.get(chapter, chapter)
-
 
 def _unbounded_iopub_client():
     """nbval 的内核客户端：接收队列不设上限（ZMQ_RCVHWM = 0），一条 iopub 消息都不丢。
@@ -61,7 +46,6 @@ def _unbounded_iopub_client():
 _unbounded_iopub_client()
 
 
-@pytest.hookimpl(tryfirst=True)                    # 要在 xdist 按分组改写 nodeid 之前加上标记
 def pytest_collection_modifyitems(config, items):
     # output_timeout 不是「格子多久没输出」：nbval 在格子执行完（shell 通道回复）之后才读 iopub，这是等每一条剩下的
     # 输出和最后的 idle 状态的时限（nbval 写死 5 秒）。长格子执行期间攒下的几千条消息，内核要在这之后才发完；
@@ -70,9 +54,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if hasattr(item, "output_timeout") and cell_timeout:
             item.output_timeout = cell_timeout
-        group = notebook_group(item.path)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="需要 CUDA GPU（CI 上没有）")

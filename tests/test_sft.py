@@ -423,3 +423,30 @@ def test_load_sft_model_rebuilds_when_missing(tmp_data_dir, monkeypatch):
         path.write_text(json.dumps(meta), encoding="utf-8")
         with pytest.raises(FileNotFoundError, match="没有与当前参考模型和配置对应"):
             sft.load_sft_model(rebuild=False)
+
+
+def test_concurrent_load_sft_model_trains_once(tmp_data_dir):
+    # 两个进程同时发现 SFT 模型缺了（pytest -n 2 并行执行第 06、07 章时就会这样）：加了文件锁，只有一个在训练，
+    # 另一个等它写好直接读——不会两个一起写同一个文件夹。训练改成 2 步，只为快
+    import subprocess
+    import sys
+    code = """
+import time
+import course_lib.profiles as profiles
+import course_lib.sft as sft
+real = profiles.chapter_config
+profiles.chapter_config = lambda ch, profile=None, **o: real(ch, profile, **({"max_steps": 2, **o} if ch == "06_sft" else o))
+calls, build = [], sft.build_sft_model
+def counted(**kw):
+    calls.append(1)
+    time.sleep(1.0)                    # 让另一个进程有时间撞上来
+    return build(**kw)
+sft.build_sft_model = counted
+sft.load_sft_model()
+print("BUILT", len(calls))
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sorted(int(o.rsplit("BUILT", 1)[1]) for o in outs) == [0, 1], outs   # 一个训练了，另一个读它写好的

@@ -22,8 +22,6 @@ from course_lib.chat_format import DEFAULT_SYSTEM
 from course_lib.cli.webui import main
 from course_lib.webui import LocalBackend, ServerBackend, build_app, clean_history, launch
 
-pytestmark = pytest.mark.xdist_group("webui")     # 同一个进程里跑：模型和网页只开一次
-
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "你是小雁。"
 Q1, Q2 = "你是谁？", "「画蛇添足」是什么意思？"       # 有没有 Q1 这一轮历史，Q2 的贪心回复不一样
@@ -239,7 +237,7 @@ def test_cli_serves_the_page_and_stops_on_ctrl_c():
         assert f"在浏览器里打开 http://127.0.0.1:{port}/" in out, out
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=90) == 0                # 忙的机器上（CI 里两个 pytest 进程并行）关闭 gradio 要久一些
         out += proc.stdout.read()
         assert "Traceback" not in out and "已取消" not in out, out
     finally:
