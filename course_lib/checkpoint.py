@@ -23,6 +23,7 @@ from .files import (as_path, atomic_folder, atomic_open, atomic_write_bytes, ato
                     read_safetensors, write_error)
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+SHARDS = "optimizer"          # FSDP 的检查点里：各进程的优化器状态分片（torch.distributed.checkpoint 的格式）
 
 
 def _model_types() -> dict:
@@ -214,11 +215,13 @@ def describe_diff(old: dict, new: dict) -> str:
     return "；".join(f"{k}: 检查点里是 {old.get(k)!r}，现在是 {new.get(k)!r}" for k in keys[:6])
 
 
-def write_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module, state: dict) -> Path:
+def write_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module, state: dict,
+                     extra_dir: str | os.PathLike | None = None) -> Path:
     """把模型权重和训练状态 state 写成 root/step_XXXXXX，返回这个文件夹（只应由 rank 0 调用）。
 
     先写进临时文件夹，写完再改名，所以 step_XXXXXX 要么完整、要么不存在；新检查点就位后才删掉更早的。
     state 里会补上 format、version 和权重的 sha256（读取时校验）。
+    extra_dir：已经写好的一个文件夹（FSDP 时各进程写的优化器分片），整个搬进检查点，名为 SHARDS。
     """
     root = Path(root)
     target = root / f"step_{step:06d}"
@@ -232,6 +235,8 @@ def write_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module,
         save_model(model, tmp, extra={"step": step})
     else:  # 课程以外的模型（例如包了 LoRA 的 transformers 模型）：只存权重（共享的权重同样只存一份）
         atomic_write_bytes(tmp / WEIGHTS, st_save(unique_state_dict(model)))
+    if extra_dir is not None:
+        os.replace(extra_dir, tmp / SHARDS)
     state = {"format": STATE_FORMAT, "version": STATE_VERSION, "step": step,
              "weights_sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest(), **state}
     with atomic_open(tmp / STATE_FILE) as f:  # 最后写：有 trainer_state.pt 的文件夹一定是完整的
@@ -240,7 +245,7 @@ def write_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module,
         shutil.rmtree(target)
     os.replace(tmp, target)
     for old in root.iterdir():  # 新的已经就位：删掉更早的检查点和崩溃留下的临时文件夹
-        if old != target and old.is_dir() and (old.name.startswith(".tmp_step_") or
+        if old != target and old.is_dir() and (old.name.startswith((".tmp_step_", ".tmp_shards_step_")) or
                                                (old.name.startswith("step_") and old.name[5:].isdigit())):
             shutil.rmtree(old, ignore_errors=True)
     return target

@@ -10,6 +10,10 @@ decode 是所有模型共用的生成循环：BigramLM、GPT、Llama（带 KV �
    缓存写满了窗口以后，同样改为整段重算——结果与不用缓存完全一致；
 3. 采样看到的「历史」（重复惩罚用）是完整的提示 + 已生成的 token；生成到 stop_ids 里的 token 就停。
 StreamDecoder 把一个个 token 变成流式输出的文字，保证不会把一个多字节的字劈成两半（第 09 章）。
+
+BatchDecoder 是同一个循环拆成两步的版本：几条序列拼成一批解码（第 11 章的服务器）。compile=True 时每步的计算
+（Llama.decode_step）用 torch.compile 编译，KV 缓存预先分配成固定的大小（static）；decode 的 compile=True 就是
+用一个槽位的 BatchDecoder 来生成。编译不了（没有 C 编译器、平台不支持）时退回不编译，结果完全相同。
 """
 from __future__ import annotations
 
@@ -256,7 +260,8 @@ def _logits(out) -> torch.Tensor:
 
 @torch.no_grad()
 def decode(model, idx: torch.Tensor, max_new_tokens: int, sampling: Sampling = GREEDY, *, seed: int | None = None,
-           stop_ids=(), window: int | None = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
+           stop_ids=(), window: int | None = None, use_cache: bool = True,
+           compile: bool = False) -> Iterator[torch.Tensor]:
     """课程唯一的解码循环：每生成一步 yield 一个 (B, 1) 的张量（这一步每条序列的新 token）。
 
     - idx：(B, T) 的提示；model(idx) 返回 logits 或 (logits, loss)。
@@ -264,10 +269,20 @@ def decode(model, idx: torch.Tensor, max_new_tokens: int, sampling: Sampling = G
     - use_cache：模型有 new_cache(batch_size, capacity) 并接受 model(idx, cache=cache) 时用 KV 缓存。
     - stop_ids：所有序列都生成过其中某个 token 后停止（停止 token 本身也会 yield）。
     - seed：固定后结果可复现（用独立的 torch.Generator，不影响全局随机状态）。
+    - compile：一条序列、模型有 decode_step（Llama）、提示加生成放得进窗口时，用编译过的一步 + 固定大小的缓存
+      （一个槽位的 BatchDecoder）；生成的 token 与不编译时相同。
     """
     check_max_new_tokens(max_new_tokens)
     if not torch.is_tensor(idx) or idx.dim() != 2:
         raise bad_input(idx)
+    if (compile and use_cache and idx.size(0) == 1 and hasattr(model, "decode_step")
+            and idx.size(1) + max_new_tokens <= model.config.max_seq_len + 1):
+        dec = BatchDecoder(model, slots=1, compile=True)
+        dec.add(idx[0], max_new_tokens, sampling, seed, stop_ids)
+        while dec.active or dec.pending:
+            for _, token, _ in dec.step():
+                yield torch.tensor([[token]], device=idx.device)
+        return
     window = model_window(model) if window is None else window
     generator = make_generator(seed)
     param = next(model.parameters(), None)
@@ -302,7 +317,7 @@ def decode(model, idx: torch.Tensor, max_new_tokens: int, sampling: Sampling = G
 
 def stream(model, prompt, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
            seed: int | None = None, *, top_p: float | None = None, repetition_penalty: float = 1.0,
-           stop_ids=None, use_cache: bool = True) -> Iterator[int]:
+           stop_ids=None, use_cache: bool = True, compile: bool = False) -> Iterator[int]:
     """一条提示的流式生成：每算出一个新 token 就 yield 它的 id（int）。Llama.stream 就是它。
 
     prompt：list[int]、一维张量或 (1, T) 张量，不能为空。其余参数见 Sampling 和 decode。
@@ -313,7 +328,8 @@ def stream(model, prompt, max_new_tokens: int, temperature: float = 1.0, top_k: 
 
     def tokens():
         ids = torch.tensor([prompt_ids(prompt)], dtype=torch.long)
-        for nxt in decode(model, ids, max_new_tokens, sampling, seed=seed, stop_ids=stop_ids or (), use_cache=use_cache):
+        for nxt in decode(model, ids, max_new_tokens, sampling, seed=seed, stop_ids=stop_ids or (), use_cache=use_cache,
+                          compile=compile):
             yield int(nxt)
     return tokens()
 
@@ -361,6 +377,21 @@ def generation_speed(model, prompt: list[int], new_tokens: int = 32, repeats: in
     return 1.0 / best
 
 
+_COMPILE_FAILED: set[str] = set()        # 编译失败过的原因：每种只提示一次
+
+
+def compiled_step(model):
+    """model.decode_step 编译后的版本（torch.compile，每个模型只编译一次，存在 model 上）；编译不了时返回 None。
+
+    第一次调用时才真正编译（2 核 CPU 上要几十秒，见 docs/benchmarks.md 的解码一节），之后每步都快。
+    """
+    fn = model.__dict__.get("_compiled_decode_step")
+    if fn is None:
+        fn = torch.compile(model.decode_step, dynamic=False)
+        model.__dict__["_compiled_decode_step"] = fn
+    return fn
+
+
 class BatchDecoder:
     """批量解码（第 11 章的服务器用它）：几条长度不同、随时加入和结束的序列共用一次前向，每条有自己的采样参数。
 
@@ -373,13 +404,16 @@ class BatchDecoder:
     >>> events = dec.step()        # [(handle, token, finished), ...]，add 时的第一个 token 也在里面
     """
 
-    def __init__(self, model, slots: int = 8, capacity: int | None = None):
+    def __init__(self, model, slots: int = 8, capacity: int | None = None, compile: bool = False):
         from .llama import Llama, SlotKVCache
         if not isinstance(model, Llama):
             raise TypeError(f"BatchDecoder 需要 course_lib.Llama（用它的 KV 缓存），收到 {type(model).__name__}。")
         self.model = model.eval()
         w = model.embed_tokens.weight
-        self.cache = SlotKVCache(model.config, slots, capacity, device=w.device, dtype=w.dtype)
+        # 编译时缓存的形状固定（每步都看满 capacity 个位置，用掩码挡住没写过的）：编译一次，之后每一步都用同一份代码
+        self.cache = SlotKVCache(model.config, slots, None if compile else capacity, device=w.device, dtype=w.dtype,
+                                 static=compile)
+        self._step = compiled_step(model) if compile else None
         self.capacity = self.cache.capacity
         self.free = list(range(slots))[::-1]
         self.seqs: dict[int, dict] = {}
@@ -430,6 +464,20 @@ class BatchDecoder:
             self.remove(handle)
         return handle, token, done
 
+    def _forward(self, last: torch.Tensor) -> torch.Tensor:
+        if self._step is not None:
+            try:
+                return self.model._slot_forward(last, self.cache, self._step)[0]
+            except Exception as e:  # noqa: BLE001 —— 编译失败（没有 C 编译器等）：提示一次，退回不编译，结果相同
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                if reason not in _COMPILE_FAILED:
+                    _COMPILE_FAILED.add(reason)
+                    import warnings
+                    warnings.warn(f"torch.compile 编译解码的一步失败，改用不编译的版本（结果相同，只是慢一些）：{reason}",
+                                  stacklevel=3)
+                self._step = None         # 失败时缓存可能写了一半：下面整步重算，写的是同样的位置，覆盖掉就好
+        return _logits(self.model(last, cache=self.cache))
+
     def remove(self, handle: int) -> None:
         """提前结束一条序列（例如客户端断开），释放它的槽位。不认识的 handle 什么也不做。"""
         seq = self.seqs.pop(handle, None)
@@ -445,6 +493,6 @@ class BatchDecoder:
         if live:
             self.cache.active = torch.tensor([s["slot"] for _, s in live], device=self.cache.k.device)
             last = torch.cat([s["ids"][:, -1:] for _, s in live], dim=0)
-            logits = _logits(self.model(last, cache=self.cache))[:, -1, :]
+            logits = self._forward(last)[:, -1, :]
             events += [self._emit(h, s, logits[i:i + 1]) for i, (h, s) in enumerate(live)]
         return events

@@ -162,7 +162,7 @@ class SlotKVCache:
     """
 
     def __init__(self, cfg: LlamaConfig, slots: int, capacity: int | None = None, device=None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, static: bool = False):
         check_int(slots, "槽位数 slots")
         self.capacity = min(check_int(capacity, "KV 缓存的 capacity", allow_none=True) or cfg.max_seq_len, cfg.max_seq_len)
         shape = (cfg.n_layers, slots, cfg.n_kv_heads, self.capacity, cfg.head_dim)
@@ -171,6 +171,8 @@ class SlotKVCache:
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
         self.active = torch.zeros(0, dtype=torch.long, device=device)     # 这一步参与计算的槽位
         self.span = self.capacity                                          # 这一步要看的位置数（见 update）
+        # static=True：每一步都看全部 capacity 个位置（形状永远不变），torch.compile 编译一次就能一直用
+        self.static = static
 
     def insert(self, slot: int, cache: KVCache) -> None:
         """把单条序列预填充好的 KVCache（batch 1）复制进第 slot 个槽位。"""
@@ -333,38 +335,48 @@ class Llama(nn.Module):
             loss = next_token_loss(logits, targets)
         return logits, loss
 
-    def _slot_forward(self, idx: torch.Tensor, cache: SlotKVCache):
-        """批量解码的一步：idx (B, 1) 是 cache.active 这 B 个槽位各自的新 token；每行的 RoPE 位置是它自己的长度。"""
+    def _slot_forward(self, idx: torch.Tensor, cache: SlotKVCache, step=None):
+        """批量解码的一步：idx (B, 1) 是 cache.active 这 B 个槽位各自的新 token；每行的 RoPE 位置是它自己的长度。
+        step：代替 decode_step 做计算的函数（编译过的 decode_step）。"""
         if idx.size(1) != 1 or idx.size(0) != cache.active.numel():
             raise ValueError(f"批量解码每步每个槽位送入 1 个 token：idx 应该是 ({cache.active.numel()}, 1)，收到 {tuple(idx.shape)}。")
-        pos = cache.lengths[cache.active]
-        cache.span = int(pos.max()) + 1                    # 一次同步，本步的每一层都用它
-        if cache.span > cache.capacity:
+        longest = int(cache.lengths[cache.active].max()) + 1            # 一次同步，本步的每一层都用它
+        if longest > cache.capacity:
             raise ValueError(f"有槽位的序列已经写满了 {cache.capacity} 个位置：请先结束它。")
+        if not cache.static:
+            cache.span = longest
+        logits = (step or self.decode_step)(idx, cache)
+        cache.lengths[cache.active] += 1
+        return logits, None
+
+    def decode_step(self, idx: torch.Tensor, cache: SlotKVCache) -> torch.Tensor:
+        """批量解码一步的纯计算（没有检查、没有 Python 端的同步）：idx (B, 1) → logits (B, 1, V)，并把新的 k、v
+        写进缓存。generate.compiled_step 用 torch.compile 编译的就是它（配合 static=True 的缓存，形状每步都一样）。"""
+        pos = cache.lengths[cache.active]
         cos, sin = self.rope_cos[pos][:, None, None, :], self.rope_sin[pos][:, None, None, :]   # (B, 1, 1, hd)
         x = embed(self.embed_tokens, idx)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache, i)
-        cache.lengths[cache.active] += 1
-        return self.lm_head(self.norm(x)), None
+        return self.lm_head(self.norm(x))
 
     # ------------------------------------------------------------ 生成
     def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                seed: int | None = None, *, top_p: float | None = None, repetition_penalty: float = 1.0,
-               stop_ids=None, use_cache: bool = True) -> Iterator[int]:
+               stop_ids=None, use_cache: bool = True, compile: bool = False) -> Iterator[int]:
         """流式生成：每算出一个新 token 就 yield 它的 id（int），适合边生成边打印。
 
         - idx：一条提示，list[int]、一维张量或 (1, T) 张量；不能为空。
         - temperature ≤ 0 表示贪心（greedy）；top_k、top_p、repetition_penalty 的含义见 generate.Sampling。
         - stop_ids：遇到其中任何一个 token 就停（这个 token 也会 yield 出来）。
         - seed：固定后结果可复现（用独立的 torch.Generator，不影响全局随机状态）。
+        - compile=True：每步的计算用 torch.compile 编译（第一次调用要编译几十秒，之后每个 token 快得多；token 相同）。
         - 上下文窗口：模型只看最后 max_seq_len 个 token。提示更长时只保留最后 max_seq_len 个；
           生成到窗口满了以后，每步对最后 max_seq_len 个 token 整段重算（不再用缓存，变慢，
           但结果与 use_cache=False 完全一致，和 GPT.generate 的截断规则相同）。
         循环本身是所有模型共用的 course_lib.generate.decode（预填充 + 每步一个 token 的 KV 缓存）。
         """
         return stream(self, idx, max_new_tokens, temperature, top_k, seed, top_p=top_p,
-                      repetition_penalty=repetition_penalty, stop_ids=stop_ids, use_cache=use_cache)
+                      repetition_penalty=repetition_penalty, stop_ids=stop_ids, use_cache=use_cache, compile=compile)
 
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: int | None = None, *, top_p: float | None = None, repetition_penalty: float = 1.0,

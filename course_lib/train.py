@@ -31,7 +31,8 @@ from .checks import check_bools, check_int, check_ints, check_module, check_numb
 from .checkpoint import (TrainingFinishedError, describe_diff, latest_checkpoint, load_unique_state_dict,
                          model_fingerprint, read_checkpoint, write_checkpoint)
 from .device import autocast, needs_grad_scaler
-from .distributed import barrier, dist_info, gather, mean_over_ranks, setup_distributed
+from .distributed import (barrier, dist_info, full_model_copy, gather, load_sharded, mean_over_ranks,
+                          save_sharded_optimizer, setup_distributed, shard_model)
 from .files import as_path
 from .flops import flops_per_token, peak_flops
 from .losses import batch_losses, lm_loss
@@ -59,6 +60,8 @@ class TrainConfig:
     # ---- 第 05 章
     grad_accum_steps: int = 1     # 梯度累积：每步 = grad_accum_steps 个小批次；全局批 = batch_size × 累积 × 进程数
     compile: bool = False         # True → torch.compile(model)（需要 C 编译器；第一步会慢一些）
+    parallel: str = "ddp"         # torchrun 多进程时怎么分工："ddp"（每个进程一份完整的模型）或 "fsdp"（参数、梯度、优化器状态
+                                  # 切成 N 份，每个进程只存 1/N：FSDP2 的 fully_shard）；单进程时不起作用
     checkpoint_dir: str | None = None  # 检查点放在这里（每个检查点是其中的 step_XXXXXX 文件夹，只保留最新的）
     checkpoint_interval: int = 0  # 每隔多少步存一次；0 = 只在 fit() 结束时存
     resume: str | None = None     # 续训：检查点文件夹的路径；"auto" = checkpoint_dir 里有检查点就续训，没有就从头训练
@@ -74,6 +77,8 @@ class TrainConfig:
         betas = tuple(self.betas) if hasattr(self.betas, "__iter__") and not isinstance(self.betas, str) else ()
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
             raise ValueError(f"betas 必须是两个 [0, 1) 之间的数，例如 (0.9, 0.95)，收到 {self.betas!r}。")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel 只能是 'ddp'（每个进程一份完整的模型）或 'fsdp'（参数切成几份），收到 {self.parallel!r}。")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule 只能是 'cosine' 或 'constant'，收到 {self.schedule!r}。")
         for name in ("checkpoint_dir", "resume"):
@@ -89,7 +94,7 @@ class TrainConfig:
 # 这些设置一变，续训就不再等于一口气训完（数据顺序、梯度、学习率都会不同），续训时必须和检查点里的一致。
 # max_steps 例外：调大它就是「再多训一会儿」（余弦学习率从续训处起按新的总步数计算，会打印提示）。
 EXACT_FIELDS = ("batch_size", "block_size", "grad_accum_steps", "lr", "min_lr_ratio", "warmup_steps", "schedule",
-                "weight_decay", "betas", "grad_clip", "seed")
+                "weight_decay", "betas", "grad_clip", "seed", "parallel")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -229,17 +234,21 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         self.batches, self.loss_fn, self.desc = batches, loss_fn or lm_loss, desc
         self.evaluate = evaluate or Trainer.estimate_loss
+        self.fsdp = self.world_size > 1 and self.cfg.parallel == "fsdp"
+        self._flops_per_token = flops_per_token(self.model, self.cfg.block_size)   # 切分之前：参数还是完整的形状
+        if self.fsdp:                 # 优化器要拿切分之后的参数（每个进程只有自己那一份），所以先切分再建优化器
+            shard_model(self.model, self.device, self.world_size)
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)
         # fp16 的梯度可能小到下溢成 0：GradScaler 先把损失放大再反向，更新前再缩回来（bf16 和 fp32 不需要）
         self.scaler = torch.amp.GradScaler(self.device.type) if needs_grad_scaler(self.device) else None
         self.step = 0
         self.history = History()
         self._saved_step, self._tokens = None, 0  # _tokens：这次 fit() 训练过的 token 数（算吞吐量）
-        self._flops_per_token = flops_per_token(self.model, self.cfg.block_size)
         self._peak_flops = peak_flops(self.device)
         # 前向、反向走 train_model：可能被 torch.compile 和 DDP 包了两层，但参数就是 self.model 的参数
+        # （FSDP 不包一层：fully_shard 直接改造了 self.model 本身）
         self.train_model = torch.compile(self.model) if self.cfg.compile else self.model
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.fsdp:
             torch.manual_seed(self.cfg.seed + self.rank)  # 各进程的 dropout 掩码不同（否则每张卡丢掉同样的位置）
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -248,6 +257,11 @@ class Trainer:
                 self.resume(self.cfg.checkpoint_dir)
         elif self.cfg.resume:
             self.resume(self.cfg.resume)
+
+    def plain_model(self) -> torch.nn.Module | None:
+        """完整的、没有切分的模型（保存、生成时用）。单进程和 DDP 时就是 self.model；FSDP 时所有进程都要调用
+        （一起把切分的权重收集起来），只有 rank 0 拿到一份 CPU 上的完整模型，其他进程得到 None。"""
+        return full_model_copy(self.model) if self.fsdp else self.model
 
     def _print(self, message: str) -> None:
         if self.is_main and self.cfg.log:
@@ -301,7 +315,10 @@ class Trainer:
             self._tokens += batch[0].numel() * self.world_size
             # DDP 在每次 backward 时把梯度在进程间求平均；累积的前几个小批次不必通信，最后一个再一起同步
             last = micro == cfg.grad_accum_steps - 1
-            sync = self.train_model.no_sync() if self.world_size > 1 and not last else contextlib.nullcontext()
+            if self.fsdp:             # FSDP 的做法：前几个小批次不做梯度的 reduce-scatter，最后一个再做
+                self.model.set_requires_gradient_sync(last)
+            sync = (self.train_model.no_sync() if self.world_size > 1 and not self.fsdp and not last
+                    else contextlib.nullcontext())
             with sync:
                 with autocast(self.device):
                     loss = self.loss_fn(self.train_model, batch)
@@ -386,16 +403,20 @@ class Trainer:
         root = folder or self.cfg.checkpoint_dir
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         torch_rng, cuda_rngs = gather(torch.get_rng_state(), self.device), gather(cuda_rng, self.device)
+        model, shards = self.model, None
+        if self.fsdp:                 # 优化器状态每个进程各写自己那一份；权重收集成完整的一份，照常写成 model.safetensors
+            shards = save_sharded_optimizer(self.model, self.optimizer, root, self.step)
+            model = self.plain_model()
         if self.is_main:
-            write_checkpoint(root, self.step, self.model, {
+            write_checkpoint(root, self.step, model, {
                 "max_steps": self.cfg.max_steps,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": None if self.fsdp else self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "batches": self.batches.state_dict(),
                 "torch_rng": torch_rng, "cuda_rng": cuda_rngs if cuda_rng is not None else None,
                 "history": self.history.as_dict(),
                 "train_config": self._train_fingerprint(), "model": model_fingerprint(self.model),
-                "torch_version": str(torch.__version__)})
+                "torch_version": str(torch.__version__)}, extra_dir=shards)
         barrier()
         self._saved_step = self.step
         return Path(root) / f"step_{self.step:06d}"
@@ -425,9 +446,12 @@ class Trainer:
         if state["max_steps"] != self.cfg.max_steps:
             self._print(f"提示：max_steps 从 {state['max_steps']} 改成了 {self.cfg.max_steps}，"
                         "余弦学习率从这里起按新的总步数计算（结果不再与一口气训练逐位相同，这是预期的）。")
-        load_unique_state_dict(self.model, tensors, f"检查点 {path}")
         flags = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.fsdp:
+            load_sharded(self.model, self.optimizer, tensors, path)
+        else:
+            load_unique_state_dict(self.model, tensors, f"检查点 {path}")
+            self.optimizer.load_state_dict(state["optimizer"])
         for group, keep in zip(self.optimizer.param_groups, flags):
             group.update(keep)  # fused 等选项取决于现在的设备，不沿用检查点里的（GPU 上存的检查点也能在 CPU 上续训）
         if self.scaler is not None and state["scaler"] is not None:

@@ -100,3 +100,37 @@ def test_documented_commands_answer_help_in_chinese(module):
     assert "用法" in out.stdout or "usage" in out.stdout.lower()
     assert any("\u4e00" <= c <= "\u9fff" for c in out.stdout) and "Traceback" not in out.stderr
     assert "found in sys.modules" not in out.stderr       # 模块不会被导入两遍（没有 runpy 的警告）
+
+
+# ---------------------------------------------------------------- 编译的一步 + 固定大小的缓存（issue 15）
+def test_compiled_decoding_gives_the_same_tokens(monkeypatch):
+    # compile=True：torch.compile 编译 Llama.decode_step，缓存固定为整个窗口的大小；贪心和带种子的采样都与不编译时逐个 token 相同。
+    # 编译失败（没有 C 编译器等）时提示一次、退回不编译，结果也相同
+    import warnings
+
+    from course_lib import generate
+    from course_lib.chat_format import encode_chat
+    from course_lib.chat_models import load_chat_model
+    model, tok, _ = load_chat_model("chat")
+    ids = encode_chat([{"role": "user", "content": "「画蛇添足」是什么意思？"}], tok, add_generation_prompt=True)
+    for kw in (dict(temperature=0.0), dict(temperature=1.0, top_p=0.9, seed=3, repetition_penalty=1.1)):
+        assert list(model.stream(ids, 16, compile=True, **kw)) == list(model.stream(ids, 16, **kw)), kw
+    dec = generate.BatchDecoder(model, slots=2, compile=True)
+    assert dec.cache.static and dec.cache.capacity == model.config.max_seq_len
+    for _ in range(2):
+        dec.add(ids, 8, generate.GREEDY)
+    got = {0: [], 1: []}
+    while dec.active or dec.pending:
+        for h, t, _ in dec.step():
+            got[h].append(t)
+    assert got[0] == got[1] == list(model.stream(ids, 8, temperature=0.0))
+
+    def broken(m):
+        def step(*a, **k):
+            raise RuntimeError("没有 C 编译器（测试）")
+        return step
+    monkeypatch.setattr(generate, "compiled_step", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert list(model.stream(ids, 8, temperature=0.0, compile=True)) == got[0]
+    assert any("改用不编译的版本" in str(w.message) for w in caught)

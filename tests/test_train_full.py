@@ -189,19 +189,45 @@ def test_ddp_matches_single_process(tmp_path):
     再在进程间求平均；单进程一次对全部样本求平均。float32 的相对误差约 1e-7，10 步 AdamW 之后
     实测损失的相对差约 1e-7。rtol=1e-4 留了足够余量，又远小于数据切错时的差别（实测约 3e-2）。
     """
+    _check_matches_single_process(_torchrun(tmp_path, "ddp"))
+
+
+def _torchrun(out, *args) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}",
-           str(REPO / "tests" / "ddp_worker.py"), str(tmp_path)]
-    result = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=180)
+           str(REPO / "tests" / "ddp_worker.py"), str(out), *args]
+    result = subprocess.run(cmd, cwd=REPO, env=_env(out), capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
-    ddp = json.loads((tmp_path / "history.json").read_text(encoding="utf-8"))
-    single = run(BATCH_PER_RANK * WORLD_SIZE).history
-    assert ddp["world_size"] == WORLD_SIZE and ddp["eval_step"] == single.eval_step
+    return out
+
+
+def _check_matches_single_process(out: Path) -> None:
+    multi = json.loads((out / "history.json").read_text(encoding="utf-8"))
+    single = run(BATCH_PER_RANK * WORLD_SIZE)
+    assert multi["world_size"] == WORLD_SIZE and multi["eval_step"] == single.history.eval_step
     for key in ("step_loss", "train_loss", "val_loss"):
-        assert ddp[key] == pytest.approx(getattr(single, key), rel=1e-4), key
-    assert single.step_loss[-1] < single.step_loss[0] - 0.2  # 确实在学习，不是两边都没动
-    ddp_model = load_model(tmp_path / "model")
-    for x, y in zip(run(BATCH_PER_RANK * WORLD_SIZE).model.parameters(), ddp_model.parameters()):
+        assert multi[key] == pytest.approx(getattr(single.history, key), rel=1e-4), key
+    assert single.history.step_loss[-1] < single.history.step_loss[0] - 0.2  # 确实在学习，不是两边都没动
+    for x, y in zip(single.model.parameters(), load_model(out / "model").parameters()):
         assert torch.allclose(x, y, atol=1e-4)
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="这个 PyTorch 没有 torch.distributed / gloo 后端，无法在 CPU 上跑两个进程")
+def test_fsdp_matches_single_process_and_resumes_exactly(tmp_path):
+    """FSDP（参数、梯度、优化器状态切成两半）：和 DDP 一样等于一个进程取整个全局批（容差的理由同上：
+    reduce-scatter 先在进程间求和再平均，只差浮点求和的顺序）；检查点里的优化器状态是两个进程各写一份的分片，
+    第 5 步停下、新开两个进程续训到第 10 步，权重与一口气训完的逐位相同。"""
+    whole = _torchrun(tmp_path / "whole", "fsdp")
+    _check_matches_single_process(whole)
+    parts = _torchrun(tmp_path / "parts", "fsdp", "5")
+    step5 = latest_checkpoint(parts / "checkpoints")
+    assert step5.name == "step_000005" and len(list((step5 / "optimizer").glob("*.distcp"))) == WORLD_SIZE
+    _torchrun(tmp_path / "parts", "fsdp", "resume")
+    a, b = load_model(whole / "model"), load_model(parts / "model")
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    resumed = json.loads((parts / "history.json").read_text(encoding="utf-8"))
+    assert resumed["step_loss"] == json.loads((whole / "history.json").read_text(encoding="utf-8"))["step_loss"]
 
 
 # ---------------------------------------------------------------- 命令行
@@ -266,3 +292,24 @@ def test_pretraining_profiles():
                     n_heads=p["n_heads"], n_kv_heads=p["n_kv_heads"])
         TrainConfig(max_steps=p["max_steps"], batch_size=p["batch_size"], grad_accum_steps=p["grad_accum_steps"],
                     checkpoint_dir="x", checkpoint_interval=p["checkpoint_interval"])
+
+
+def test_memory_table_in_docs_is_computed():
+    # docs/distributed.md 里 DDP / FSDP 每张卡的显存表由 course_lib.distributed.memory_table() 算出，不是手写的
+    from course_lib.distributed import ONE_B, memory_table, training_memory
+    from course_lib.llama import LlamaConfig
+    text = (REPO / "docs" / "distributed.md").read_text(encoding="utf-8")
+    assert f"<!-- memory-table -->\n{memory_table()}\n<!-- /memory-table -->" in text
+    big = LlamaConfig(**ONE_B)
+    ddp, fsdp = training_memory(big, 4, 2048), training_memory(big, 4, 2048, 8, "fsdp")
+    assert 1.05e9 < ddp["params"] < 1.15e9 and ddp["states"] == 16 * ddp["params"]   # 每个参数 16 字节
+    assert ddp["states"] / 8 < fsdp["states"] < ddp["states"] / 4                     # 切成 8 份，外加临时收集的一个单元
+    assert fsdp["activations"] == ddp["activations"]                                  # FSDP 不切激活
+
+
+def test_parallel_setting_is_checked_and_single_process_ignores_it(tmp_path):
+    with pytest.raises(ValueError, match="parallel"):
+        TrainConfig(parallel="zero3")
+    trainer = run(BATCH_PER_RANK, "fsdp")                     # 单进程：fsdp 不起作用，和 ddp 的结果逐位相同
+    assert not trainer.fsdp and trainer.plain_model() is trainer.model
+    assert all(torch.equal(a, b) for a, b in zip(trainer.model.parameters(), run(BATCH_PER_RANK).model.parameters()))

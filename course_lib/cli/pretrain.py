@@ -210,8 +210,9 @@ def pretrain(p: dict, out: str | os.PathLike, profile: str = "custom", overrides
         if start_step == 0:
             say(f"从头开始训练，共 {cfg.max_steps} 步。")
         history = trainer.fit()
+        final = trainer.plain_model()           # parallel=fsdp 时所有进程一起收集切分的权重，rank 0 拿到完整的一份
         if rank == 0:
-            save_model(model, out / "model", extra={"profile": profile, "step": trainer.step})
+            save_model(final, out / "model", extra={"profile": profile, "step": trainer.step})
             tok.save(out / "model")
             atomic_write_json(out / "history.json", history.as_dict())
             _append_jsonl(out / "train_log.jsonl", {
